@@ -1,0 +1,73 @@
+"""normlab's functional core: partition -> operation -> recovery, and the norms built on it.
+
+- :mod:`.partition` (NAP): views ``(N, C, *spatial)`` as ``(R, D, M)``.
+- :mod:`.operations` (NOP): centering, standardization (L2/L1/L-inf), RMS scaling.
+- :mod:`.recovery` (NRR): per-channel and per-element affine.
+- :mod:`.stats`: moments and running-statistics updates.
+- :mod:`.generic`: every standard norm as the plain composition (the oracle).
+- :mod:`.norms`: the same norms by their fastest exact road (what modules call).
+"""
+
+from . import generic
+from .checks import InputDTypeError
+from .norms import (
+    batch_norm,
+    channel_layer_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    local_response_norm,
+    rms_norm,
+)
+from .operations import Normalized, apply_stats, center, linf_constant, rms_scale, standardize
+from .partition import (
+    BatchGroupPartition,
+    BatchPartition,
+    GroupPartition,
+    InstancePartition,
+    LayerPartition,
+    Partition,
+    PositionalPartition,
+    SampleGroupCoupled,
+)
+from .recovery import channel_affine, element_affine
+from .stats import (
+    combine_row_moments,
+    momentum_factor,
+    moments,
+    row_moments,
+    update_running_stats,
+)
+
+__all__ = [
+    "BatchGroupPartition",
+    "BatchPartition",
+    "GroupPartition",
+    "InputDTypeError",
+    "InstancePartition",
+    "LayerPartition",
+    "Normalized",
+    "Partition",
+    "PositionalPartition",
+    "SampleGroupCoupled",
+    "apply_stats",
+    "batch_norm",
+    "center",
+    "channel_affine",
+    "channel_layer_norm",
+    "combine_row_moments",
+    "element_affine",
+    "generic",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "linf_constant",
+    "local_response_norm",
+    "momentum_factor",
+    "moments",
+    "rms_norm",
+    "rms_scale",
+    "row_moments",
+    "standardize",
+    "update_running_stats",
+]

@@ -1,0 +1,31 @@
+"""Drop-in normalization modules (torch.nn's contract), one file per family."""
+
+from .batch import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .layer import (
+    ChannelLayerNorm,
+    GroupNorm,
+    InstanceNorm1d,
+    InstanceNorm2d,
+    InstanceNorm3d,
+    LayerNorm,
+    LayerNorm2d,
+    LayerNorm3d,
+    RMSNorm,
+)
+from .local import LocalResponseNorm
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "ChannelLayerNorm",
+    "GroupNorm",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+    "LayerNorm",
+    "LayerNorm2d",
+    "LayerNorm3d",
+    "LocalResponseNorm",
+    "RMSNorm",
+]
