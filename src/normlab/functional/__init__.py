@@ -33,8 +33,8 @@ from .partition import (
 from .recovery import channel_affine, element_affine
 from .stats import (
     combine_row_moments,
-    momentum_factor,
     moments,
+    momentum_factor,
     row_moments,
     update_running_stats,
 )

@@ -18,14 +18,11 @@ faster road where one exists:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import generic
-from .checks import check_channels, check_enough_values, check_groups, check_min_rank, check_tensor
+from .checks import check_enough_values, check_groups, check_min_rank, check_tensor
 from .stats import accumulation_dtype, combine_row_moments, moments, row_moments, update_running_stats
 
 # The fast batch-statistics path pays two small reductions per (n, c) row; for
