@@ -23,8 +23,12 @@ from .registry import NormEntry, get_entry, list_norms
 _EXAMPLE_SHAPES = {2: (16, 8), 3: (8, 8, 20), 4: (8, 8, 12, 12), 5: (4, 8, 4, 6, 6)}
 NUM_FEATURES = 8
 # Options that make the example exercise the whole layer at NUM_FEATURES channels.
-_CHECK_KWARGS = {"groupnorm": {"num_groups": 4}, "instancenorm1d": {"affine": True},
-                 "instancenorm2d": {"affine": True}, "instancenorm3d": {"affine": True}}
+_CHECK_KWARGS = {
+    "groupnorm": {"num_groups": 4},
+    "instancenorm1d": {"affine": True},
+    "instancenorm2d": {"affine": True},
+    "instancenorm3d": {"affine": True},
+}
 
 
 @dataclass

@@ -275,5 +275,3 @@ def list_norms() -> list[str]:
 
 def aliases_of(name: str) -> tuple[str, ...]:
     return _resolve(name).aliases
-
-

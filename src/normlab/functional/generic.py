@@ -34,7 +34,6 @@ def normalize(x: Tensor, partition: Partition, operation, *args, **kwargs) -> tu
     return partition.ungroup(result.output, tuple(x.shape)), result
 
 
-
 def batch_norm(x: Tensor, weight=None, bias=None, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
     """BN with batch statistics; returns (y, mean (C,), biased var (C,))."""
     y, st = normalize(x, BatchPartition(), standardize, eps)

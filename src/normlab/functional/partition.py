@@ -123,8 +123,7 @@ class BatchGroupPartition(Partition):
         return x.reshape(n, g, (c // g) * s).transpose(0, 1).reshape(g, 1, n * (c // g) * s)
 
     def ungroup(self, y, shape):
-        n, c = shape[0], shape[1]
-        g = self.num_groups
+        n, g = shape[0], self.num_groups
         return y.reshape(g, n, -1).transpose(0, 1).reshape(shape)
 
 

@@ -28,7 +28,7 @@ def element_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Ten
     """Per-element ``gamma * y + beta`` over the trailing dims (LayerNorm, RMSNorm)."""
     for p, name in ((weight, "weight"), (bias, "bias")):
         if p is not None:
-            _check_param(p, tuple(y.shape[y.dim() - p.dim():]), name)
+            _check_param(p, tuple(y.shape[y.dim() - p.dim() :]), name)
     if weight is not None:
         y = y * weight.to(y.dtype)
     if bias is not None:

@@ -66,7 +66,15 @@ class ChannelLayerNorm(nn.Module):
 
     _ranks: tuple[int, ...] | None = None
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        num_channels: int,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__()
         if num_channels <= 0:
             raise ValueError(f"num_channels must be a positive integer, got {num_channels}")
@@ -134,11 +142,24 @@ class GroupNorm(nn.GroupNorm):
         4
     """
 
-    def __init__(self, num_groups: int | None = None, num_channels: int | None = None, eps: float = 1e-5, affine: bool = True, device=None, dtype=None, *, bias: bool = True, group_size: int | None = None) -> None:
+    def __init__(
+        self,
+        num_groups: int | None = None,
+        num_channels: int | None = None,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        bias: bool = True,
+        group_size: int | None = None,
+    ) -> None:
         if num_channels is None:
             raise TypeError("GroupNorm needs num_channels")
         if (num_groups is None) == (group_size is None):
-            raise ValueError(f"give exactly one of num_groups and group_size, got num_groups={num_groups}, group_size={group_size}")
+            raise ValueError(
+                f"give exactly one of num_groups and group_size, got num_groups={num_groups}, group_size={group_size}"
+            )
         if group_size is not None:
             if group_size <= 0 or num_channels % group_size:
                 raise ValueError(f"num_channels ({num_channels}) must be divisible by group_size ({group_size})")
