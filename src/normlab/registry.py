@@ -249,6 +249,10 @@ def create_norm(spec: str, num_features: int | None = None, **kwargs) -> nn.Modu
     GroupNorm(8, 64, eps=1e-05, affine=True)
     """
     entry, spec_kwargs = parse_spec(spec)
+    # num_groups and group_size exclude each other: the one given last (kwargs over spec) wins.
+    for given, other in (("group_size", "num_groups"), ("num_groups", "group_size")):
+        if given in kwargs:
+            spec_kwargs.pop(other, None)
     merged = {**spec_kwargs, **kwargs}
     if "group_size" in merged and "num_groups" not in merged:
         merged["num_groups"] = None

@@ -18,6 +18,8 @@ faster road where one exists:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -68,11 +70,29 @@ class _BatchNormFromStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, invstd = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        mask = [
+            ctx.needs_input_grad[0],
+            weight is not None and ctx.needs_input_grad[1],
+            ctx.has_bias and ctx.needs_input_grad[2],
+        ]
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
             grad_out, x, weight, None, None, mean, invstd, True, ctx.eps, mask
         )
         return gx, gw, gb, None, None, None
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _channels_last_format(x: Tensor) -> torch.memory_format | None:
+    """``channels_last(_3d)`` if ``x`` is laid out so (and not also contiguous), else None."""
+    if x.is_contiguous():
+        return None
+    for fmt, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == rank and x.is_contiguous(memory_format=fmt):
+            return fmt
+    return None
 
 
 def _param_view(p: Tensor | None, x: Tensor) -> Tensor | None:
@@ -99,7 +119,9 @@ def batch_norm(
     c = input.shape[1]
     for t, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
         if t is not None and t.shape != (c,):
-            raise ValueError(f"batch_norm expected {name} of shape ({c},) for input with {c} channels, got {tuple(t.shape)}")
+            raise ValueError(
+                f"batch_norm expected {name} of shape ({c},) for input with {c} channels, got {tuple(t.shape)}"
+            )
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
@@ -130,7 +152,9 @@ def batch_norm(
     return _BatchNormFromStats.apply(input, weight, bias, mean, var, eps)
 
 
-def group_norm(input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def group_norm(
+    input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
     """Group normalization (``torch.nn.functional.group_norm``) with validated input."""
     check_tensor(input)
     check_min_rank(input, 2, "group_norm")
@@ -170,13 +194,82 @@ def instance_norm(
         mean, var = _instance_moments(input)
         update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial, momentum)
     # Exact identity: IN is GN with one channel per group.
+    if (
+        _channels_last_format(input) is not None
+        and input.dtype in (torch.float32, torch.float64)
+        and _needs_grad(input, weight, bias)
+    ):
+        # torch's group_norm backward is ~3x slower on channels-last input than
+        # the analytic backward below, and layout copies cost ~3 copies each.
+        return _InstanceNormChannelsLast.apply(input, weight, bias, eps)
     return F.group_norm(input, c, weight, bias, eps)
 
 
-def layer_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+class _InstanceNormChannelsLast(torch.autograd.Function):
+    """IN of channels-last input: forward by ``native_group_norm`` (G = C), analytic backward.
+
+    With ``xhat = (x - mean) * rstd`` per (n, c) over the M spatial values,
+    ``s_g = sum(dy)``, ``s_gx = sum(dy * x)`` and ``t = s_gx - mean * s_g``::
+
+        dx = a * dy - k * x + (k * mean - a * s_g / M),   a = rstd * w,   k = a * rstd^2 * t / M
+        dw = sum_n rstd * t,                              db = sum_n s_g
+
+    (``dy * w`` through the standard LN/IN backward). Every pass runs in the
+    channels-last layout, no transposing copy. Under ``create_graph`` mean and
+    rstd are recomputed from ``x`` with differentiable ops (double backward).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n, c = x.shape[0], x.shape[1]
+        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, x.numel() // (n * c), c, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[0], x.shape[1]
+        dims = tuple(range(2, x.dim()))
+        stat_shape = (n, c) + (1,) * len(dims)
+        m = x.numel() // (n * c)
+        if torch.is_grad_enabled():
+            # create_graph: the statistics as differentiable functions of x (stable two-pass).
+            mean = x.mean(dims, keepdim=True)
+            rstd = torch.rsqrt((x - mean).square().mean(dims, keepdim=True) + ctx.eps)
+        else:
+            mean, rstd = mean.view(stat_shape), rstd.view(stat_shape)
+        s_g = grad_out.sum(dims, keepdim=True)
+        s_gx = (grad_out * x).sum(dims, keepdim=True)
+        t = s_gx - mean * s_g
+        a = rstd if weight is None else rstd * _param_view(weight, x)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            k = a * rstd.square() * t / m
+            gx = torch.addcmul(k * mean - a * s_g / m, x, k, value=-1.0)
+            gx = gx.addcmul(grad_out, a) if torch.is_grad_enabled() else gx.addcmul_(grad_out, a)
+        if weight is not None and ctx.needs_input_grad[1]:
+            gw = (rstd * t).sum(0).reshape(c)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = s_g.sum(0).reshape(c)
+        return gx, gw, gb, None
+
+
+def layer_norm(
+    input: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
     """Layer normalization (``torch.nn.functional.layer_norm``) with validated input."""
     check_tensor(input)
     _check_trailing(input, normalized_shape, "layer_norm")
+    return _layer_norm(input, normalized_shape, weight, bias, eps)
+
+
+def _layer_norm(input: Tensor, normalized_shape, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """``F.layer_norm``, except bias without weight: torch 2.13's double backward of that
+    case drops d(grad_bias)/d(grad_output), so the bias is added outside the kernel."""
+    if weight is None and bias is not None:
+        return F.layer_norm(input, normalized_shape, None, None, eps) + bias
     return F.layer_norm(input, normalized_shape, weight, bias, eps)
 
 
@@ -189,11 +282,15 @@ def _check_trailing(x: Tensor, normalized_shape, what: str) -> None:
         )
 
 
-def channel_layer_norm(input: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def channel_layer_norm(
+    input: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
     """LayerNorm over dim 1 of ``(N, C, *spatial)`` at every position, per-channel affine.
 
     Same numbers as ``permute -> layer_norm -> permute`` without the copies;
-    keeps the input's memory format. Stable two-pass statistics.
+    keeps the input's memory format. Channels-last input (C innermost) is
+    already ``layer_norm``'s layout: torch's kernel runs on the permuted view.
+    Otherwise stable two-pass statistics by reductions over dim 1.
     """
     check_tensor(input)
     check_min_rank(input, 2, "channel_layer_norm")
@@ -201,6 +298,20 @@ def channel_layer_norm(input: Tensor, weight: Tensor | None = None, bias: Tensor
     for p, name in ((weight, "weight"), (bias, "bias")):
         if p is not None and p.shape != (c,):
             raise ValueError(f"channel_layer_norm expected {name} of shape ({c},), got {tuple(p.shape)}")
+    moved = input.movedim(1, -1)
+    if moved.is_contiguous() and (weight is None or weight.dtype == input.dtype) and (
+        bias is None or bias.dtype == input.dtype
+    ):
+        # Exact identity: LN over the last dim of the (N, *spatial, C) view; its
+        # output, moved back, has the input's (channels-last) strides.
+        return _layer_norm(moved, (c,), weight, bias, eps).movedim(-1, 1)
+    if (
+        input.is_contiguous()
+        and input.dtype in (torch.float32, torch.float64)
+        and all(p is None or p.dtype == input.dtype for p in (weight, bias))
+        and not _compiling()
+    ):
+        return _ChannelLayerNormContiguous.apply(input, weight, bias, eps)
     x = input.to(accumulation_dtype(input.dtype))
     centered = x - x.mean(1, keepdim=True)
     # ||v||^2 / C is the biased variance; vector_norm reads once, no squared temporary.
@@ -215,11 +326,95 @@ def channel_layer_norm(input: Tensor, weight: Tensor | None = None, bias: Tensor
     return y.to(input.dtype)
 
 
+class _ChannelLayerNormContiguous(torch.autograd.Function):
+    """LN over dim 1 of a contiguous ``(N, C, *spatial)`` x, viewed as ``(N, C, P)``.
+
+    The reductions over C are batched GEMVs (``bmm`` with a row of ``1/C`` or
+    ``w/C``): the same sums as ``mean(1)``, at memory speed (torch's own
+    reduction over a middle dim is several times slower). Stable two-pass
+    statistics: ``mean``, then the mean square of ``x - mean``. With
+    ``g_w = dy * w``, ``r = rstd`` and per-position means over C::
+
+        dx = r * (g_w - mean(g_w) - xhat * mean(g_w * xhat))
+           = r * g_w - k * x + (k * mean - r * mean(g_w)),   k = r^3 * (mean(g_w * x) - mean * mean(g_w))
+        dw = sum_{n,p} dy * (x - mean) * r,                  db = sum_{n,p} dy
+
+    Under ``create_graph`` the backward uses plain differentiable ops, the
+    statistics recomputed from ``x`` (double backward).
+    """
+
+    @staticmethod
+    def _row(v: Tensor | None, n: int, c: int, like: Tensor) -> Tensor:
+        """``(n, 1, c)``: ``v / c`` (or ``1 / c``) as the left operand of a batched GEMV."""
+        row = torch.full((1, 1, c), 1.0 / c, dtype=like.dtype) if v is None else (v / c).view(1, 1, c)
+        return row.expand(n, 1, c)
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        n, c = x.shape[0], x.shape[1]
+        x3 = x.view(n, c, -1)
+        avg = _ChannelLayerNormContiguous._row(None, n, c, x)
+        mean = torch.bmm(avg, x3)  # (n, 1, P)
+        y = x3 - mean
+        rstd = torch.bmm(avg, y * y).add_(eps).rsqrt_()
+        y.mul_(rstd)
+        if weight is not None and bias is not None:
+            torch.addcmul(bias.view(1, c, 1), y, weight.view(1, c, 1), out=y)
+        elif weight is not None:
+            y.mul_(weight.view(1, c, 1))
+        elif bias is not None:
+            y.add_(bias.view(1, c, 1))
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[0], x.shape[1]
+        x3 = x.view(n, c, -1)
+        g3 = grad_out.reshape(n, c, -1)
+        wv = None if weight is None else weight.view(1, c, 1)
+        gx = gw = gb = None
+        if torch.is_grad_enabled():
+            # create_graph: differentiable ops only, statistics recomputed from x.
+            mean = x3.mean(1, keepdim=True)
+            rstd = torch.rsqrt((x3 - mean).square().mean(1, keepdim=True) + ctx.eps)
+            g_w = g3 if wv is None else g3 * wv
+            xhat = (x3 - mean) * rstd
+            if ctx.needs_input_grad[0]:
+                gx = rstd * (g_w - g_w.mean(1, keepdim=True) - xhat * (g_w * xhat).mean(1, keepdim=True))
+                gx = gx.view(x.shape)
+            if weight is not None and ctx.needs_input_grad[1]:
+                gw = (g3 * xhat).sum((0, 2))
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = g3.sum((0, 2))
+            return gx, gw, gb, None
+        g_times_x = g3 * x3
+        if ctx.needs_input_grad[0]:
+            row = _ChannelLayerNormContiguous._row(weight, n, c, x)
+            s1 = torch.bmm(row, g3)  # mean over C of dy * w, (n, 1, P)
+            s2 = torch.bmm(row, g_times_x)  # mean over C of dy * w * x
+            k = s2.sub_(mean * s1).mul_(rstd.pow(3))
+            gx = torch.addcmul(k * mean - rstd * s1, x3, k, value=-1.0)
+            gx.addcmul_(g3 if wv is None else g3 * wv, rstd)
+            gx = gx.view(x.shape)
+        if weight is not None and ctx.needs_input_grad[1]:
+            # sum_p dy * x * r - sum_p dy * mean * r, per (n, c): batched GEMVs, then sum over n.
+            gw = (torch.bmm(g_times_x, rstd.transpose(1, 2)) - torch.bmm(g3, (mean * rstd).transpose(1, 2))).sum((0, 2))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g3.sum((0, 2))
+        return gx, gw, gb, None
+
+
 def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps: float | None = None) -> Tensor:
     """RMS normalization over the trailing dims (``torch.nn.functional.rms_norm`` semantics).
 
-    Uses torch's fused kernel (one pass for the statistic, one for the
-    output); ``eps=None`` means ``torch.finfo(input.dtype).eps``.
+    ``eps=None`` means ``torch.finfo(input.dtype).eps``. Contiguous float32 /
+    float64 CPU input of at least ``_RMS_MIN_NUMEL`` elements runs
+    :class:`_RMSNormRows` (statistic and output block by block while the
+    block is in cache, and an analytic backward); other input runs torch's
+    fused kernel.
     """
     check_tensor(input)
     _check_trailing(input, normalized_shape, "rms_norm")
@@ -227,13 +422,104 @@ def rms_norm(input: Tensor, normalized_shape, weight: Tensor | None = None, eps:
         raise ValueError(f"rms_norm expected weight of shape {tuple(normalized_shape)}, got {tuple(weight.shape)}")
     if _compiling():
         return F.rms_norm(input, list(normalized_shape), weight, eps)
+    if (
+        input.device.type == "cpu"
+        and input.dtype in (torch.float32, torch.float64)
+        and input.is_contiguous()
+        and input.numel() >= _RMS_MIN_NUMEL
+        and (weight is None or weight.dtype == input.dtype)
+    ):
+        d = math.prod(normalized_shape)
+        eps_ = torch.finfo(input.dtype).eps if eps is None else float(eps)
+        w = None if weight is None else weight.reshape(d)
+        return _RMSNormRows.apply(input.view(-1, d), w, eps_).view(input.shape)
     return torch.ops.aten._fused_rms_norm(input, list(normalized_shape), weight, eps)[0]
+
+
+# The forward runs block by block over the rows: the statistic, then the two
+# scalings, each on a block that is still in cache, so y costs about one read
+# of x and one write. 4 MiB blocks: a few blocks of per-block Python overhead
+# (~5 small ops), and well inside the L3 cache.
+_RMS_BLOCK_BYTES = 1 << 22
+# Below this many elements the ~10 small ops of the blocked path cost more
+# (~50 us) than the bandwidth they save; torch's fused kernel runs instead.
+_RMS_MIN_NUMEL = 1 << 17
+
+
+def _rms_rstd(x2: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(mean(x^2) + eps) per row of ``(R, D)``, shape ``(R, 1)``, differentiable."""
+    ms = torch.linalg.vector_norm(x2, dim=-1, keepdim=True).square() / x2.shape[-1]
+    return torch.rsqrt(ms + eps)
+
+
+class _RMSNormRows(torch.autograd.Function):
+    """y = x * rsqrt(mean(x^2) + eps) * weight over the rows of a contiguous ``(R, D)`` x.
+
+    The same formula as :func:`.generic.rms_norm` (``x / sqrt(mean(x^2) + eps) * w``).
+    Backward, with ``g_w = dy * w`` and ``r`` the row's rsqrt::
+
+        dx = r * g_w - x * r^3 * mean(g_w * x)      dw = sum_rows(dy * x * r)
+
+    Under ``create_graph`` the backward recomputes ``r`` from ``x`` with
+    differentiable ops and uses no in-place ops, so double backward is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x2, weight, eps):
+        n, d = x2.shape
+        y = torch.empty_like(x2)
+        rstd = torch.empty((n, 1), dtype=x2.dtype)
+        eps_t = torch.tensor(eps, dtype=x2.dtype)
+        rows = max(1, _RMS_BLOCK_BYTES // (d * x2.element_size()))
+        for i in range(0, n, rows):
+            xi, yi, ri = x2[i : i + rows], y[i : i + rows], rstd[i : i + rows]
+            # ||x||^2 / D + eps by one read of the block (no squared temporary), then rsqrt.
+            torch.linalg.vector_norm(xi, dim=-1, keepdim=True, out=ri)
+            torch.addcmul(eps_t, ri, ri, value=1.0 / d, out=ri).rsqrt_()
+            torch.mul(xi, ri, out=yi)
+            if weight is not None:
+                yi.mul_(weight)
+        ctx.save_for_backward(x2, weight, rstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2, weight, rstd = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d = x2.shape[-1]
+        gx = gw = None
+        if torch.is_grad_enabled():
+            # create_graph: plain differentiable ops, r recomputed from x.
+            r = _rms_rstd(x2, ctx.eps)
+            g = grad_out if weight is None else grad_out * weight
+            if need_x:
+                gx = r * g - x2 * (r.pow(3) * (g * x2).sum(-1, keepdim=True) / d)
+            if need_w:
+                gw = (grad_out * x2 * r).sum(0)
+            return gx, gw, None
+        if need_w:
+            # sum_rows(dy * x * r) = r^T (dy * x): one product pass, one GEMV.
+            gw = torch.mv((grad_out * x2).t(), rstd.view(-1))
+        if need_x:
+            g = grad_out if weight is None else grad_out * weight
+            c = torch.linalg.vecdot(g, x2, dim=-1).unsqueeze(-1).mul_(rstd.square()).div_(d)
+            gx = torch.addcmul(g, x2, c, value=-1.0).mul_(rstd)
+        return gx, gw, None
 
 
 def local_response_norm(input: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
     """Local response normalization across channels (``torch.nn.functional.local_response_norm``)."""
     check_tensor(input)
     check_min_rank(input, 3, "local_response_norm")
+    if input.dim() > 4 and not (input.is_contiguous() or _channels_last_format(input) is not None):
+        # torch's function views (N, C, D, H, W) as (N, 1, C, D, H*W), which
+        # fails for permuted strides; a contiguous copy has the same values.
+        input = input.contiguous()
+    if input.dtype in (torch.bfloat16, torch.float16) and input.dim() > 3:
+        # torch's CPU avg_pool3d has no bfloat16 kernel; the window sums want
+        # float32 accumulation anyway. The result is cast back.
+        return F.local_response_norm(input.float(), size, alpha, beta, k).to(input.dtype)
     return F.local_response_norm(input, size, alpha, beta, k)
 
 

@@ -73,7 +73,9 @@ def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | None) 
         return momentum
     if num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    return 1.0 / num_batches_tracked.clamp(min=1).to(torch.float32)
+    # float64 so that float64 running statistics get a correctly rounded 1/k
+    # (update_running_stats casts it to the running statistics' dtype).
+    return 1.0 / num_batches_tracked.clamp(min=1).to(torch.float64)
 
 
 @torch.no_grad()

@@ -1,0 +1,182 @@
+"""Small networks with a pluggable norm: MLP, 1-D/2-D CNNs (plain or residual), VGG- and ResNet-like.
+
+Every model takes ``norm`` (a registry spec such as ``"bn"``, ``"gn:4"``,
+``"ln"``, or ``None``), ``placement`` (``"before"`` or ``"after"`` the
+activation) and is initialized by :func:`init_weights`. A spec is adapted to
+the layer it follows: ``"bn"`` becomes BatchNorm1d after a Linear or Conv1d
+and BatchNorm2d after a Conv2d, ``"in"`` InstanceNorm1d/2d, and ``"ln"``
+LayerNorm over the features after a Linear but, after a convolution,
+LayerNorm over (C, *spatial) as in Wu & He 2018, i.e. ``GroupNorm(1, C)``;
+``"ln2d"`` is the channel-only LayerNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..registry import create_norm, parse_spec
+
+_BY_RANK = {
+    "batchnorm2d": {0: "batchnorm1d", 1: "batchnorm1d", 2: "batchnorm2d"},
+    "batchnorm1d": {0: "batchnorm1d", 1: "batchnorm1d", 2: "batchnorm2d"},
+    "instancenorm2d": {1: "instancenorm1d", 2: "instancenorm2d"},
+    "instancenorm1d": {1: "instancenorm1d", 2: "instancenorm2d"},
+}
+
+
+def build_norm(spec: str | None, num_features: int, spatial_dims: int) -> nn.Module:
+    """The norm for ``num_features`` channels of a layer with ``spatial_dims`` (0: Linear, 1: Conv1d, 2: Conv2d)."""
+    if spec is None or spec == "none":
+        return nn.Identity()
+    entry, kwargs = parse_spec(spec)
+    name = entry.name
+    if name in _BY_RANK:
+        if spatial_dims not in _BY_RANK[name]:
+            raise ValueError(f"norm {spec!r} needs spatial dims; it cannot follow a Linear layer")
+        name = _BY_RANK[name][spatial_dims]
+    elif name == "layernorm" and spatial_dims > 0:
+        return create_norm("groupnorm", num_features, num_groups=1, **kwargs)
+    rest = spec.partition(":")[2]
+    return create_norm(f"{name}:{rest}" if rest else name, num_features)
+
+
+def _activation(name: str) -> nn.Module:
+    table = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "identity": nn.Identity}
+    if name not in table:
+        raise ValueError(f"activation must be one of {sorted(table)}, got {name!r}")
+    return table[name]()
+
+
+def _block(layer: nn.Module, width: int, norm, placement: str, act: str, spatial: int) -> list[nn.Module]:
+    if placement not in ("before", "after"):
+        raise ValueError(f"placement must be 'before' or 'after' the activation, got {placement!r}")
+    n = build_norm(norm, width, spatial)
+    return [layer, n, _activation(act)] if placement == "before" else [layer, _activation(act), n]
+
+
+class MLP(nn.Sequential):
+    """``depth`` hidden Linear layers of ``width`` units, each followed by norm and activation, then a head."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        width: int = 128,
+        depth: int = 2,
+        norm: str | None = None,
+        placement: str = "before",
+        activation: str = "relu",
+        bias: bool = True,
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        d = in_features
+        for _ in range(depth):
+            layers += _block(nn.Linear(d, width, bias=bias), width, norm, placement, activation, 0)
+            d = width
+        layers.append(nn.Linear(d, num_classes))
+        super().__init__(*layers)
+
+
+class _Residual(nn.Module):
+    """x + f(x), with a 1x1 projection when the shapes differ."""
+
+    def __init__(self, body: nn.Module, proj: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.proj = proj if proj is not None else nn.Identity()
+
+    def forward(self, x):
+        return self.proj(x) + self.body(x)
+
+
+def _conv(spatial: int):
+    return nn.Conv1d if spatial == 1 else nn.Conv2d
+
+
+class CNN(nn.Module):
+    """A plain or residual CNN for 1-D (``spatial=1``) or 2-D (``spatial=2``) input.
+
+    ``channels`` gives the width of each conv stage (3-wide kernels, stride 2
+    from the second stage on); ``residual=True`` wraps each stage after the
+    first as ``x + conv(norm(act(conv(x))))``. Global average pool and a Linear head.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: Sequence[int] = (32, 32, 64),
+        spatial: int = 2,
+        norm: str | None = None,
+        placement: str = "before",
+        activation: str = "relu",
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if spatial not in (1, 2):
+            raise ValueError(f"spatial must be 1 or 2, got {spatial}")
+        conv = _conv(spatial)
+        stages: list[nn.Module] = []
+        c_in = in_channels
+        for i, c in enumerate(channels):
+            stride = 1 if i == 0 else 2
+            if residual and i > 0:
+                body = nn.Sequential(
+                    *_block(conv(c_in, c, 3, stride=stride, padding=1), c, norm, placement, activation, spatial),
+                    conv(c, c, 3, padding=1),
+                )
+                proj = conv(c_in, c, 1, stride=stride) if (c_in != c or stride != 1) else None
+                stages.append(
+                    nn.Sequential(_Residual(body, proj), build_norm(norm, c, spatial), _activation(activation))
+                )
+            else:
+                stages += _block(conv(c_in, c, 3, stride=stride, padding=1), c, norm, placement, activation, spatial)
+            c_in = c
+        self.features = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool1d(1) if spatial == 1 else nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def vgg_small(in_channels: int, num_classes: int, norm: str | None = "bn", **kw) -> CNN:
+    """A small VGG-like 2-D net: three stages of 3x3 convs."""
+    return CNN(in_channels, num_classes, channels=(32, 64, 128), spatial=2, norm=norm, **kw)
+
+
+def resnet_small(in_channels: int, num_classes: int, norm: str | None = "bn", spatial: int = 2, **kw) -> CNN:
+    """A small ResNet-like net: residual stages with projection shortcuts."""
+    return CNN(in_channels, num_classes, channels=(32, 64, 128), spatial=spatial, norm=norm, residual=True, **kw)
+
+
+@torch.no_grad()
+def init_weights(
+    model: nn.Module, scheme: str = "he", c: float = 2.0, generator: torch.Generator | None = None
+) -> nn.Module:
+    """Initialize every Linear/Conv weight; biases to 0.
+
+    - ``"gaussian"``: W ~ N(0, c / fan_in) (c=2 is He's ReLU scale, c=1 LeCun's).
+    - ``"he"``: the same with c=2.
+    - ``"default"``: leave torch's initialization.
+    Norm layers keep weight 1 and bias 0.
+    """
+    if scheme == "default":
+        return model
+    if scheme not in ("gaussian", "he"):
+        raise ValueError(f"scheme must be 'gaussian', 'he' or 'default', got {scheme!r}")
+    scale = 2.0 if scheme == "he" else float(c)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * math.sqrt(scale / fan_in))
+            if m.bias is not None:
+                m.bias.zero_()
+    return model
+
+
+__all__ = ["CNN", "MLP", "build_norm", "init_weights", "resnet_small", "vgg_small"]

@@ -1,0 +1,18 @@
+"""The runnable examples in the docstrings of conditioning, probes, landscape, stochasticity and scale."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["conditioning", "probes", "landscape", "stochasticity", "scale"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    module = importlib.import_module(f"normlab.analysis.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted > 0
+    assert result.failed == 0
