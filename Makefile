@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/normlab tour
+	$(BIN)/normlab reproduce --all --quick --out out/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

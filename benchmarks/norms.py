@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes, few reps (smoke run)")
     ap.add_argument("--out", help="write the table, machine info and target checks to this file (markdown)")
-    ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 100; quick: 5)")
+    ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 200; quick: 5)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 5; quick: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the machine's cores)")
     ap.add_argument("--only", default=None, help="run only modules whose name contains this string")
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     cache_note = "warm caches"
     if flush:
         cache_note = f"caches flushed ({flush.buffer.numel() * 4 >> 20} MiB read) before each timed call"
-    reps = args.reps or (5 if args.quick else 100)
+    reps = args.reps or (5 if args.quick else 200)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     info = machine_info()
     meta = (

@@ -1,9 +1,10 @@
-"""The ``normlab`` command line: list, info, check, tour."""
+"""The ``normlab`` command line: list, info, check, tour; claims, reproduce, runs, report."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import __version__
 from .registry import get_entry, list_norms
@@ -63,6 +64,133 @@ def _cmd_tour(args: argparse.Namespace) -> int:
     return _cmd_check(args)
 
 
+DEFAULT_OUT = "normlab-out"
+
+
+def _cmd_claims(args: argparse.Namespace) -> int:
+    from .claims import CLAIMS, PENDING
+
+    rows = [(c.id, c.title, c.source, "implemented") for c in CLAIMS.values()]
+    rows += [(p.id, p.statement, p.source, f"pending (needs {p.needs})") for p in PENDING.values()]
+    widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in ((0, 30), (1, 60), (2, 40))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[3])
+    print(f"\n{len(CLAIMS)} implemented, {len(PENDING)} pending; run one with `normlab reproduce ID --quick`")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from .claims import CLAIMS, PENDING
+    from .claims.runner import reproduce
+    from .report import ReportError, format_text_table, write_report
+
+    if args.all == bool(args.ids):
+        print("normlab reproduce: give claim ids or --all (not both); see `normlab claims`", file=sys.stderr)
+        return 2
+    ids = list(CLAIMS) if args.all else list(dict.fromkeys(args.ids))
+    pending = [i for i in ids if i in PENDING]
+    unknown = [i for i in ids if i not in CLAIMS and i not in PENDING]
+    if unknown:
+        print(
+            f"normlab reproduce: unknown claim id{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"known claims: {', '.join(CLAIMS) or '(none)'}",
+            file=sys.stderr,
+        )
+        return 2
+    if pending:
+        for i in pending:
+            print(f"normlab reproduce: claim {i!r} is pending: it needs {PENDING[i].needs}", file=sys.stderr)
+        return 2
+    if args.seeds is not None and args.seeds < 1:
+        print(f"normlab reproduce: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        results = reproduce(ids, args.out, quick=args.quick, seeds=args.seeds)
+        html_path, md_path = write_report(args.out)
+    except (OSError, ReportError) as err:
+        print(f"normlab reproduce: {err}", file=sys.stderr)
+        return 2
+    print("\n" + format_text_table(results))
+    print(f"\nreport: {html_path}\nsummary: {md_path}")
+    return 0  # a verdict, even `fails`, is a result, not an error
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from .runs import RunIndex
+
+    if not Path(args.out).is_dir():
+        print(f"normlab runs: output directory {args.out!r} does not exist", file=sys.stderr)
+        return 2
+    try:
+        return _show_runs(RunIndex(args.out), args)
+    except sqlite3.Error as err:
+        print(f"normlab runs: cannot read the index {RunIndex(args.out).path}: {err}", file=sys.stderr)
+        return 2
+
+
+def _show_runs(index, args: argparse.Namespace) -> int:
+    import time
+
+    if args.compare:
+        try:
+            a, b = (index.get(r) for r in args.compare)
+        except KeyError as err:
+            print(f"normlab runs: {err.args[0]}; list them with `normlab runs --out {args.out}`", file=sys.stderr)
+            return 2
+        rows = [("", a["run_id"], b["run_id"])]
+        rows += [(k, str(a[k]), str(b[k])) for k in ("claim", "mode", "status")]
+        rows += [
+            ("seeds", str(len(a["seeds"])), str(len(b["seeds"]))),
+            ("seconds", f"{a['seconds']:.1f}", f"{b['seconds']:.1f}"),
+        ]
+        for k in dict.fromkeys([*a["numbers"], *b["numbers"]]):
+            rows.append((k, _num(a["numbers"].get(k)), _num(b["numbers"].get(k))))
+        print(_table(rows))
+        return 0
+    runs = index.list(args.claim)
+    if not runs:
+        print(f"no runs{f' of {args.claim}' if args.claim else ''} indexed in {args.out}")
+        return 0
+    rows = [("run", "claim", "mode", "seeds", "status", "seconds", "started")]
+    for r in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
+        rows.append(
+            (r["run_id"], r["claim"], r["mode"], str(len(r["seeds"])), r["status"], f"{r['seconds']:.1f}", started)
+        )
+    print(_table(rows))
+    return 0
+
+
+def _num(v) -> str:
+    return "-" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, load_results, write_report
+
+    try:
+        html_path, md_path = write_report(args.dir)
+        results, problems = load_results(args.dir)
+    except ReportError as err:
+        print(f"normlab report: {err}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"normlab report: warning: {p}", file=sys.stderr)
+    print(f"report: {html_path} ({len(results)} claim{'s' if len(results) != 1 else ''})\nsummary: {md_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normlab", description="Normalization in deep networks, on PyTorch.")
     parser.add_argument("--version", action="version", version=f"normlab {__version__}")
@@ -75,7 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", help="norms to check (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_check)
-    sub.add_parser("tour", help="list every norm and run the self-check (`make demo`)").set_defaults(func=_cmd_tour)
+    sub.add_parser("tour", help="list every norm and run the self-check").set_defaults(func=_cmd_tour)
+    sub.add_parser("claims", help="every claim with its status (implemented / pending)").set_defaults(func=_cmd_claims)
+    p = sub.add_parser("reproduce", help="run claims, write their evidence and the report (`make demo`)")
+    p.add_argument("ids", nargs="*", metavar="ID", help="claim ids (see `normlab claims`)")
+    p.add_argument("--all", action="store_true", help="every implemented claim")
+    p.add_argument("--quick", action="store_true", help="seconds per claim: a pipeline check, not the verdict")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per claim (default: the claim's; 1 with --quick)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default: ./{DEFAULT_OUT})")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.set_defaults(func=_cmd_reproduce)
+    p = sub.add_parser("runs", help="list the indexed runs, or compare two")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default: ./{DEFAULT_OUT})")
+    p.add_argument("--claim", default=None, help="only runs of this claim")
+    p.add_argument("--compare", nargs=2, metavar="RUN_ID", help="two runs' numbers side by side")
+    p.set_defaults(func=_cmd_runs)
+    p = sub.add_parser("report", help="write DIR/report.html and DIR/summary.md from DIR's results")
+    p.add_argument("dir", help="an output root written by `normlab reproduce`")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

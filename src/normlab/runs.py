@@ -8,6 +8,7 @@ library sqlite3) so ``normlab runs`` can list and compare them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import platform
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -86,7 +88,7 @@ def environment(seeds: list[int] | None = None) -> dict:
 
 
 def _clean(obj):
-    """JSON-safe: tensors to lists, non-finite floats to strings."""
+    """JSON-safe: tensors and arrays to lists, non-finite floats to strings."""
     if isinstance(obj, torch.Tensor):
         return _clean(obj.detach().cpu().tolist())
     if isinstance(obj, dict):
@@ -95,8 +97,8 @@ def _clean(obj):
         return [_clean(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _clean(obj.item())
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return _clean(obj.tolist())
     return obj
 
 
@@ -118,11 +120,17 @@ class RunIndex:
         self.root = Path(root)
         self.path = self.root / INDEX_NAME
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A connection that commits on success, rolls back on error, and is always closed."""
         self.root.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.path)
-        con.execute(_SCHEMA)
-        return con
+        try:
+            with con:
+                con.execute(_SCHEMA)
+                yield con
+        finally:
+            con.close()
 
     def add(
         self,

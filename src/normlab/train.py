@@ -108,6 +108,7 @@ def train(
     n = len(data.x_train)
     bs = n if batch_size is None else batch_size
     per_epoch = max(1, n // bs)  # drop the last partial batch: equal batch sizes
+    full_batch = bs >= n  # every step sees the whole training set, in its stored order
     if (steps is None) == (epochs is None):
         raise ValueError(f"give exactly one of steps and epochs, got steps={steps}, epochs={epochs}")
     total = steps if steps is not None else epochs * per_epoch
@@ -125,15 +126,19 @@ def train(
     pos = 0
     try:
         for step in range(1, total + 1):
-            if pos + bs > n:
-                order, pos = torch.randperm(n, generator=gen), 0
-            idx = order[pos : pos + bs]
-            pos += bs
+            if full_batch:  # plain gradient descent: no shuffled copy of the data set
+                xb, yb = data.x_train, data.y_train
+            else:
+                if pos + bs > n:
+                    order, pos = torch.randperm(n, generator=gen), 0
+                idx = order[pos : pos + bs]
+                pos += bs
+                xb, yb = data.x_train[idx], data.y_train[idx]
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(data.x_train[idx]), data.y_train[idx])
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             optimizer.step()
-            value = float(loss)
+            value = float(loss.detach())
             hist.steps.append(step)
             hist.loss.append(value)
             for cb in callbacks:

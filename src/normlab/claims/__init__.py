@@ -11,7 +11,24 @@ import importlib
 from .base import Claim, Context, PendingClaim, Verdict, loglog_slope, mean_std
 
 # One module per claim: normlab.claims.<module> defines CLAIM (an instance).
-_MODULES: tuple[str, ...] = ("gn_ln_in",)
+_MODULES: tuple[str, ...] = (
+    "gn_ln_in",
+    "scale_invariance",
+    "gd_conditioning",
+    "snd",
+    "bn_speed",
+    "edge_of_stability",
+    "hessian_outliers",
+    "noisy_bn",
+    "bn_smoothness",
+    "tent",
+    "wd_effective_lr",
+    "init_scale",
+    "norm_fixes_init",
+    "where_to_normalize",
+    "depth_limit",
+    "bn_small_batch",
+)
 
 PENDING: dict[str, PendingClaim] = {
     p.id: p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 from ..runs import RunIndex, environment, write_json
@@ -56,7 +57,9 @@ def run_claim(claim: Claim, out_root: str | Path, quick: bool = False, seeds: in
         "env": env,
     }
     write_json(out_dir / "result.json", result)
-    run_id = f"{claim.id}-{mode}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}"
+    # Second-resolution time plus a random suffix: two runs in the same second stay distinct.
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
+    run_id = f"{claim.id}-{mode}-{stamp}-{uuid.uuid4().hex[:6]}"
     RunIndex(out_root).add(
         run_id, claim.id, mode, seed_list, started, seconds, verdict.status, verdict.numbers, out_dir
     )

@@ -9,6 +9,8 @@ gain (scaling) and contrast. Severity is 1..5; randomness takes a generator.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,9 +35,9 @@ SIGNAL_SEVERITY = {
 def _constant(table: dict, name: str, severity: int):
     if name not in table:
         raise ValueError(f"unknown corruption {name!r}; expected one of {sorted(table)}")
-    if severity not in range(1, 6):
+    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
-    return table[name][severity - 1]
+    return table[name][int(severity) - 1]
 
 
 def _check_images(x: Tensor) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,18 +79,20 @@ def mnist1d(channel_dim: bool = False, regenerate: bool = False) -> Dataset:
 
     Generated offline with the mnist1d package's ``make_dataset(get_dataset_args())``
     (its downloader is never used), then cached as ``mnist1d.npz`` under
-    :func:`cache_dir`. The global NumPy RNG, which the generator reseeds, is
-    restored afterwards. ``channel_dim=True`` gives ``(N, 1, 40)`` for 1-D CNNs.
+    :func:`cache_dir`. The global NumPy and Python ``random`` RNGs, which the
+    generator reseeds, are restored afterwards. ``channel_dim=True`` gives
+    ``(N, 1, 40)`` for 1-D CNNs.
     """
     path = cache_dir() / "mnist1d.npz"
     if regenerate or not path.exists():
         from mnist1d.data import get_dataset_args, make_dataset
 
-        state = np.random.get_state()
+        state, py_state = np.random.get_state(), random.getstate()
         try:
-            d = make_dataset(get_dataset_args())
+            d = make_dataset(get_dataset_args())  # reseeds both NumPy's and Python's global RNGs
         finally:
             np.random.set_state(state)
+            random.setstate(py_state)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, x=d["x"], y=d["y"], x_test=d["x_test"], y_test=d["y_test"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ def _read_bytes(path: Path) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError, zlib.error) as err:
             raise ValueError(f"{path}: corrupt gzip data ({err}); expected {_IDX_FORMAT}") from err
     return raw
 
@@ -85,6 +86,13 @@ def mnist_files(directory: str | Path, name: str = "mnist") -> Dataset:
     return Dataset(name, *arrays, num_classes=num_classes, info={"directory": str(directory)})
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What Python 3 pickles bytes as below protocol 3 (``_codecs.encode(s, 'latin1')``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickle only what CIFAR's files hold (dicts, bytes, lists, NumPy arrays): no code runs."""
 
@@ -96,6 +104,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # bytes in a Python 3 pickle of protocol 2
+            return _latin1_encode
         if (module, name) in self._allowed:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_enough_values, check_groups, check_min_rank, check_tensor
-from .stats import accumulation_dtype, combine_row_moments, moments, row_moments, update_running_stats
+from .stats import (
+    RAW_MOMENT_MAX_RATIO,
+    accumulation_dtype,
+    combine_row_moments,
+    moments,
+    row_moments,
+    update_running_stats,
+)
 
 # The fast batch-statistics path pays two small reductions per (n, c) row; for
 # rows shorter than this torch's own kernel is as fast.
@@ -194,35 +201,57 @@ def instance_norm(
         mean, var = _instance_moments(input)
         update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial, momentum)
     # Exact identity: IN is GN with one channel per group.
-    if (
-        _channels_last_format(input) is not None
-        and input.dtype in (torch.float32, torch.float64)
-        and _needs_grad(input, weight, bias)
-    ):
+    if _channels_last_format(input) is None or input.dtype not in (torch.float32, torch.float64):
+        return F.group_norm(input, c, weight, bias, eps)
+    if _needs_grad(input, weight, bias):
         # torch's group_norm backward is ~3x slower on channels-last input than
         # the analytic backward below, and layout copies cost ~3 copies each.
         return _InstanceNormChannelsLast.apply(input, weight, bias, eps)
-    return F.group_norm(input, c, weight, bias, eps)
+    return _group_norm_channels_last(input, c, weight, bias, eps)[0]
+
+
+def _group_norm_channels_last(
+    x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``native_group_norm`` of channels-last ``x`` -> (y, mean, rstd), accurate for any input.
+
+    torch 2.13's channels-last group-norm kernel takes raw moments
+    (E[x^2] - E[x]^2): for |mean| >> std its variance has no correct digit
+    (3% output error at mean/std = 500, where the contiguous kernel is exact
+    to 2e-5). Its statistics show when that happened (mean^2 > ratio * var,
+    the same test as :func:`.stats.row_moments`); then the contiguous kernel
+    runs on a contiguous copy and the result is put back in x's layout.
+    """
+    n, c = x.shape[0], x.shape[1]
+    m = x.numel() // (n * c)
+    y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, m, groups, eps)
+    var = rstd.double().pow(-2).sub_(eps)
+    if bool((mean.double().square() > RAW_MOMENT_MAX_RATIO * var).any()):
+        fmt = _channels_last_format(x)
+        y, mean, rstd = torch.native_group_norm(x.contiguous(), weight, bias, n, c, m, groups, eps)
+        y = y.contiguous(memory_format=fmt)
+    return y, mean, rstd
 
 
 class _InstanceNormChannelsLast(torch.autograd.Function):
     """IN of channels-last input: forward by ``native_group_norm`` (G = C), analytic backward.
 
-    With ``xhat = (x - mean) * rstd`` per (n, c) over the M spatial values,
-    ``s_g = sum(dy)``, ``s_gx = sum(dy * x)`` and ``t = s_gx - mean * s_g``::
+    With ``xc = x - mean`` per (n, c) over the M spatial values, ``s_g = sum(dy)``
+    and ``t = sum(dy * xc)``::
 
-        dx = a * dy - k * x + (k * mean - a * s_g / M),   a = rstd * w,   k = a * rstd^2 * t / M
-        dw = sum_n rstd * t,                              db = sum_n s_g
+        dx = a * dy - k * xc - a * s_g / M,   a = rstd * w,   k = a * rstd^2 * t / M
+        dw = sum_n rstd * t,                  db = sum_n s_g
 
-    (``dy * w`` through the standard LN/IN backward). Every pass runs in the
-    channels-last layout, no transposing copy. Under ``create_graph`` mean and
-    rstd are recomputed from ``x`` with differentiable ops (double backward).
+    (the standard LN/IN backward with ``dy * w``). ``t`` is summed from the
+    centered ``xc``, not as ``sum(dy * x) - mean * sum(dy)``, which cancels
+    when |mean| >> std. Every pass runs in the channels-last layout, no
+    transposing copy. Under ``create_graph`` mean and rstd are recomputed from
+    ``x`` with differentiable ops (double backward).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        n, c = x.shape[0], x.shape[1]
-        y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, x.numel() // (n * c), c, eps)
+        y, mean, rstd = _group_norm_channels_last(x, x.shape[1], weight, bias, eps)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.eps, ctx.has_bias = eps, bias is not None
         return y
@@ -240,15 +269,17 @@ class _InstanceNormChannelsLast(torch.autograd.Function):
             rstd = torch.rsqrt((x - mean).square().mean(dims, keepdim=True) + ctx.eps)
         else:
             mean, rstd = mean.view(stat_shape), rstd.view(stat_shape)
+        xc = x - mean
         s_g = grad_out.sum(dims, keepdim=True)
-        s_gx = (grad_out * x).sum(dims, keepdim=True)
-        t = s_gx - mean * s_g
+        t = (grad_out * xc).sum(dims, keepdim=True)
         a = rstd if weight is None else rstd * _param_view(weight, x)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             k = a * rstd.square() * t / m
-            gx = torch.addcmul(k * mean - a * s_g / m, x, k, value=-1.0)
-            gx = gx.addcmul(grad_out, a) if torch.is_grad_enabled() else gx.addcmul_(grad_out, a)
+            if torch.is_grad_enabled():
+                gx = torch.addcmul(-a * s_g / m, xc, k, value=-1.0).addcmul(grad_out, a)
+            else:
+                gx = xc.mul_(-k).sub_(a * s_g / m).addcmul_(grad_out, a)  # xc is not needed after this
         if weight is not None and ctx.needs_input_grad[1]:
             gw = (rstd * t).sum(0).reshape(c)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -333,11 +364,14 @@ class _ChannelLayerNormContiguous(torch.autograd.Function):
     ``w/C``): the same sums as ``mean(1)``, at memory speed (torch's own
     reduction over a middle dim is several times slower). Stable two-pass
     statistics: ``mean``, then the mean square of ``x - mean``. With
-    ``g_w = dy * w``, ``r = rstd`` and per-position means over C::
+    ``g_w = dy * w``, ``r = rstd``, ``xc = x - mean`` and per-position means over C::
 
         dx = r * (g_w - mean(g_w) - xhat * mean(g_w * xhat))
-           = r * g_w - k * x + (k * mean - r * mean(g_w)),   k = r^3 * (mean(g_w * x) - mean * mean(g_w))
-        dw = sum_{n,p} dy * (x - mean) * r,                  db = sum_{n,p} dy
+           = r * g_w - k * xc - r * mean(g_w),     k = r^3 * mean(g_w * xc)
+        dw = sum_{n,p} dy * xc * r,                db = sum_{n,p} dy
+
+    (``mean(g_w * xc)`` from the centered ``xc``, not ``mean(g_w * x) - mean * mean(g_w)``,
+    which cancels when |mean| >> std.)
 
     Under ``create_graph`` the backward uses plain differentiable ops, the
     statistics recomputed from ``x`` (double backward).
@@ -390,20 +424,21 @@ class _ChannelLayerNormContiguous(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = g3.sum((0, 2))
             return gx, gw, gb, None
-        g_times_x = g3 * x3
+        xc = x3 - mean
+        g_xc = g3 * xc
+        if weight is not None and ctx.needs_input_grad[1]:
+            # sum_{n,p} dy * xc * r: a batched GEMV per sample, then the sum over n.
+            gw = torch.bmm(g_xc, rstd.transpose(1, 2)).sum((0, 2))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g3.sum((0, 2))
         if ctx.needs_input_grad[0]:
             row = _ChannelLayerNormContiguous._row(weight, n, c, x)
             s1 = torch.bmm(row, g3)  # mean over C of dy * w, (n, 1, P)
-            s2 = torch.bmm(row, g_times_x)  # mean over C of dy * w * x
-            k = s2.sub_(mean * s1).mul_(rstd.pow(3))
-            gx = torch.addcmul(k * mean - rstd * s1, x3, k, value=-1.0)
+            k = torch.bmm(row, g_xc).mul_(rstd.pow(3))  # r^3 * mean over C of dy * w * xc
+            del g_xc
+            gx = xc.mul_(k.neg_()).sub_(rstd * s1)  # xc is not needed after this
             gx.addcmul_(g3 if wv is None else g3 * wv, rstd)
             gx = gx.view(x.shape)
-        if weight is not None and ctx.needs_input_grad[1]:
-            # sum_p dy * x * r - sum_p dy * mean * r, per (n, c): batched GEMVs, then sum over n.
-            gw = (torch.bmm(g_times_x, rstd.transpose(1, 2)) - torch.bmm(g3, (mean * rstd).transpose(1, 2))).sum((0, 2))
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            gb = g3.sum((0, 2))
         return gx, gw, gb, None
 
 

@@ -40,6 +40,8 @@ def build_norm(spec: str | None, num_features: int, spatial_dims: int) -> nn.Mod
         name = _BY_RANK[name][spatial_dims]
     elif name == "layernorm" and spatial_dims > 0:
         return create_norm("groupnorm", num_features, num_groups=1, **kwargs)
+    elif name == "rmsnorm" and spatial_dims > 0:
+        raise ValueError(f"norm {spec!r} normalizes the trailing dim; it cannot follow a convolution")
     rest = spec.partition(":")[2]
     return create_norm(f"{name}:{rest}" if rest else name, num_features)
 

@@ -1,0 +1,205 @@
+"""The claims side of the command line, and the report opened in a real headless browser."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normlab.cli import main
+from normlab.runs import RunIndex
+from test_report import Elements, decode_data_uri, png_size
+
+CLAIM = "gn-ln-in"  # the fastest claim (a float64 property check, well under a second in quick mode)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory) -> Path:
+    """``normlab reproduce gn-ln-in --quick --out OUT``, run once for the module."""
+    out = tmp_path_factory.mktemp("cli") / "out"
+    assert main(["reproduce", CLAIM, "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_claims_lists_implemented_and_pending(capsys):
+    from normlab.claims import CLAIMS, PENDING
+
+    assert main(["claims"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_id = {line.split()[0]: line for line in lines if line.strip()}
+    assert CLAIM in by_id and by_id[CLAIM].endswith("implemented")
+    assert all(c in by_id for c in CLAIMS)
+    for p in PENDING.values():
+        assert by_id[p.id].endswith(f"pending (needs {p.needs})")
+
+
+def test_reproduce_end_to_end(reproduced: Path, capsys):
+    result = json.loads((reproduced / CLAIM / "result.json").read_text())
+    assert result["mode"] == "quick" and result["verdict"]["status"] == "holds"
+    assert (reproduced / CLAIM / "figure.png").is_file()
+    page = Elements((reproduced / "report.html").read_text())
+    assert page.rows() == {CLAIM} and set(page.images()) == {CLAIM}
+    assert f"`{CLAIM}`" in (reproduced / "summary.md").read_text()
+
+
+def test_reproduce_prints_table_and_report_path(tmp_path: Path, capsys):
+    out = tmp_path / "o"
+    assert main(["reproduce", CLAIM, "--quick", "--seeds", "2", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"report: {out / 'report.html'}" in text and f"summary: {out / 'summary.md'}" in text
+    row = next(line for line in text.splitlines() if line.startswith(CLAIM + " "))
+    assert row.split()[1:4] == ["HOLDS", "quick", "2"]
+
+
+def test_reproduce_unknown_id_exits_2(tmp_path: Path, capsys):
+    assert main(["reproduce", "no-such-claim", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown claim id no-such-claim" in err and CLAIM in err.split("known claims:")[1]
+    assert not (tmp_path / "o").exists()  # nothing ran
+
+
+def test_reproduce_unknown_id_exit_code_of_the_program(tmp_path: Path):
+    """The installed entry point (not just main()) exits 2."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.cli", "reproduce", CLAIM, "bogus", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "unknown claim id bogus" in proc.stderr
+    assert not (tmp_path / "o").exists()  # unknown ids fail before anything runs
+
+
+def test_reproduce_pending_and_usage_errors(tmp_path: Path, capsys):
+    from normlab.claims import PENDING
+
+    if PENDING:
+        pid, p = next(iter(PENDING.items()))
+        assert main(["reproduce", pid, "--out", str(tmp_path)]) == 2
+        assert f"claim {pid!r} is pending: it needs {p.needs}" in capsys.readouterr().err
+    assert main(["reproduce", "--out", str(tmp_path)]) == 2  # neither ids nor --all
+    assert "give claim ids or --all" in capsys.readouterr().err
+    assert main(["reproduce", CLAIM, "--all", "--out", str(tmp_path)]) == 2  # both
+    assert main(["reproduce", CLAIM, "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+
+
+def test_report_command(reproduced: Path, tmp_path: Path, capsys):
+    assert main(["report", str(reproduced)]) == 0
+    assert f"report: {reproduced / 'report.html'} (1 claim)" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no claim results" in capsys.readouterr().err
+
+
+def test_runs_lists_and_compares(reproduced: Path, tmp_path: Path, capsys):
+    assert main(["runs", "--out", str(reproduced)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["run", "claim", "mode", "seeds", "status", "seconds", "started"]
+    assert any(line.split()[1:5] == [CLAIM, "quick", "1", "holds"] for line in lines[1:])
+
+    index = RunIndex(tmp_path)
+    for run_id, status, numbers in (
+        ("a-run", "holds", {"slope": 1.0, "only_a": 3}),
+        ("b-run", "fails", {"slope": 0.25}),
+    ):
+        index.add(run_id, "fake", "full", [0, 1, 2], 1_700_000_000.0, 12.0, status, numbers, tmp_path / "fake")
+    assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "b-run"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["a-run"] == ["b-run"]
+    assert rows["status"] == ["holds", "fails"] and rows["slope"] == ["1", "0.25"] and rows["only_a"] == ["3", "-"]
+
+    assert main(["runs", "--out", str(tmp_path), "--claim", "other"]) == 0
+    assert "no runs of other" in capsys.readouterr().out
+    assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "nope"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
+    assert main(["runs", "--out", str(tmp_path / "missing")]) == 2
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+# Injected into a copy of the report (the report itself has no script): after the
+# page's load event, record what the browser decoded for every image.
+_PROBE = """<script>
+window.addEventListener("load", function () {
+  var seen = Array.prototype.map.call(document.images, function (img) {
+    return [img.getAttribute("data-claim"), img.complete, img.naturalWidth, img.naturalHeight];
+  });
+  document.body.setAttribute("data-probe", JSON.stringify(seen));
+});
+</script>"""
+
+
+def _chromium_run(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]
+    return subprocess.run([browser, *flags, *args], capture_output=True, text=True, timeout=90)
+
+
+def test_report_in_headless_browser(reproduced: Path, tmp_path: Path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed: apt-get install chromium (`.ci/run` installs it)")
+    report = reproduced / "report.html"
+    expected = {p.name for p in reproduced.iterdir() if (p / "result.json").is_file()}
+    assert expected == {CLAIM}
+
+    # The DOM as the browser built it, with what it decoded for each image.
+    probe = tmp_path / "report-probe.html"
+    probe.write_text(report.read_text().replace("</body>", _PROBE + "\n</body>"))
+    proc = _chromium_run(browser, tmp_path, "--dump-dom", probe.as_uri())
+    assert proc.returncode == 0 and "</html>" in proc.stdout, proc.stderr[-2000:]
+    dom = Elements(proc.stdout)
+    assert dom.rows() == expected  # every claim's row (id="claim-<id>")
+    images = dom.images()
+    assert set(images) == expected  # every claim's figure (img data-claim="<id>")
+    for srcs in images.values():
+        width, height = png_size(decode_data_uri(srcs[0]))
+        assert width > 100 and height > 100
+    body = next(a for t, a in dom.tags if t == "body")
+    seen = json.loads(body["data-probe"])
+    assert {s[0] for s in seen} == expected
+    assert all(complete and w > 0 and h > 0 for _, complete, w, h in seen), seen  # the browser decoded them
+
+    # A screenshot of the unmodified report: rendered, not blank, with the verdict badge's colour.
+    shot = tmp_path / "report.png"
+    proc = _chromium_run(browser, tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", report.as_uri())
+    assert proc.returncode == 0 and shot.is_file(), proc.stderr[-2000:]
+    from matplotlib.image import imread
+
+    pixels = imread(shot)[..., :3]
+    assert pixels.shape[:2] == (1600, 1280)
+    not_white = (pixels < 0.95).any(axis=-1).mean()
+    assert not_white > 0.02, f"screenshot nearly blank ({not_white:.1%} non-white)"
+    badge = (abs(pixels - [0x1F / 255, 0x8A / 255, 0x4C / 255]).max(axis=-1) < 0.02).sum()  # .badge.holds
+    assert badge > 50, "the 'holds' badge is not in the screenshot"
+    keep = os.environ.get("NORMLAB_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
