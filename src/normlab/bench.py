@@ -20,7 +20,7 @@ Method (so that ratios survive a noisy machine):
   input in memory, caches clean. Back to back, a call's time depends on
   what ran before it (an earlier output still in cache, dirty); at the
   sizes benchmarked (tens of MiB against a 32 MiB L3) that moved ratios by
-  up to 40%;
+  up to 50%;
 - the garbage collector is off while timing.
 
 Forward is timed under ``torch.no_grad()`` (inference); forward+backward runs

@@ -318,6 +318,12 @@ class HessianOperator:
                 out.add_(flat, alpha=w)
         self.num_hvp += 1
         self.last_loss = total
+        if not bool(torch.isfinite(out).all()):
+            # e.g. a diverged model: say so here instead of failing later inside eigh.
+            raise ValueError(
+                f"the Hessian-vector product is not finite (loss {total:g}); the model's parameters or loss "
+                "have overflowed (a diverged run?)"
+            )
         return out
 
     __call__ = matvec

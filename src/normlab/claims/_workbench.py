@@ -63,9 +63,13 @@ def curves_band(curves: Sequence[Sequence[float]]) -> tuple[list[float], list[fl
     return mean, lo, hi
 
 
-def plot_band(ax, xs, curves, label: str, color=None, **kw) -> None:
-    """Seed-mean curve with a +-1 std band."""
-    mean, lo, hi = curves_band(curves)
+def plot_band(ax, xs, curves, label: str, color=None, log: bool = False, **kw) -> None:
+    """Seed-mean curve with a +-1 std band (``log=True``: geometric mean and band, for positive values on log axes)."""
+    if log:
+        logs = [[math.log(v) if num(v) > 0 else math.nan for v in (num(u) for u in c)] for c in curves]
+        mean, lo, hi = (list(map(math.exp, band)) for band in curves_band(logs))
+    else:
+        mean, lo, hi = curves_band(curves)
     xs = list(xs)[: len(mean)]
     (line,) = ax.plot(xs, mean, label=label, color=color, **kw)
     ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, lw=0)

@@ -277,6 +277,8 @@ class BnSmallBatch(Claim):
         return v
 
     def plot(self, evidence: dict, fig) -> None:
+        from matplotlib.ticker import NullFormatter
+
         runs = evidence["runs"]
         batches = [int(b) for b in evidence["batch_sizes"]]
         ax1, ax2 = fig.subplots(1, 2)
@@ -288,6 +290,7 @@ class BnSmallBatch(Claim):
         for ax, what in ((ax1, "test error (eval mode)"), (ax2, "train error (eval mode)")):
             ax.set_xscale("log", base=2)
             ax.set_xticks(batches, [str(b) for b in batches])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set(xlabel="batch size", ylabel=what, title=f"{what}, same {evidence['epochs']} epochs")
             ax.legend(fontsize=8)
 

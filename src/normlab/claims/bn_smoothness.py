@@ -35,7 +35,7 @@ from ..analysis import loss_landscape
 from ..data import mnist1d
 from ..models import CNN, init_weights
 from ..train import seed_everything, train
-from ._support import fmt, nanmean, nanstd, num, seeds_caveat, single_thread
+from ._support import fmt, num, seeds_caveat, single_thread
 from .base import Claim, Context, Verdict
 
 CHANNELS = (32, 32, 64)
@@ -171,13 +171,13 @@ class BnSmoothness(Claim):
                 rs = [r for r in rows if r["net"] == net]
                 steps = [p["step"] for p in rs[0]["points"]] if rs else []
                 curves = [[num(p[key]) for p in r["points"]] for r in rs]
-                mean = [nanmean([c[j] for c in curves if j < len(c)]) for j in range(len(steps))]
-                std = [nanstd([c[j] for c in curves if j < len(c)]) for j in range(len(steps))]
+                cols = [[c[j] for c in curves if j < len(c) and not math.isnan(c[j])] for j in range(len(steps))]
+                mean = [sum(v) / len(v) if v else math.nan for v in cols]
                 ax.plot(steps, mean, color=f"C{i}", marker=".", label=net)
                 ax.fill_between(
                     steps,
-                    [max(m - s, 1e-12) for m, s in zip(mean, std, strict=False)],
-                    [m + s for m, s in zip(mean, std, strict=False)],
+                    [min(v, default=math.nan) for v in cols],
+                    [max(v, default=math.nan) for v in cols],
                     color=f"C{i}",
                     alpha=0.2,
                 )
@@ -185,7 +185,7 @@ class BnSmoothness(Claim):
             ax.set_xlabel("training step")
             ax.set_title(titles.get(key, key), fontsize=9)
             ax.legend(fontsize=7)
-        axes[0].set_ylabel("mean +- std over seeds (eta in 0.05..0.4)")
+        axes[0].set_ylabel("seed mean, band: min..max over seeds")
 
 
 CLAIM = BnSmoothness()

@@ -186,6 +186,8 @@ class DepthLimit(Claim):
         return v
 
     def plot(self, evidence: dict, fig) -> None:
+        from matplotlib.ticker import NullFormatter
+
         rows = evidence["rows"]
         ax1, ax2 = fig.subplots(1, 2)
         depths = evidence["depths"]
@@ -224,6 +226,7 @@ class DepthLimit(Claim):
             title="x: untrainable (sweep stops there)",
         )
         ax1.set_xticks(depths, [str(d) for d in depths])
+        ax1.xaxis.set_minor_formatter(NullFormatter())
         ax1.legend(fontsize=7)
         best = [deepest(rows, v) for v in evidence["variants"]]
         ax2.bar(range(len(best)), best, color=[f"C{i}" for i in range(len(best))])

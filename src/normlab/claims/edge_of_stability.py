@@ -25,7 +25,9 @@ Rule (CLAIMS.md): the late-training median of lambda_max * eta / 2 lies in
 [0.9, 1.2] for every step size (and both nets, as the statement says "with and
 without BN"). "Late" is the second half of the run (time >= 60); the per-seed
 medians are averaged over seeds; a net/step-size pair with a diverged seed
-fails. With fewer than 3 seeds (quick mode) the verdict is ``inconclusive``.
+fails; for such pairs the numbers and the reason give the initial
+lambda_max * eta / 2 (above 1 means GD starts beyond its stability limit).
+With fewer than 3 seeds (quick mode) the verdict is ``inconclusive``.
 """
 
 from __future__ import annotations

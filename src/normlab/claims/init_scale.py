@@ -161,13 +161,15 @@ class InitScale(Claim):
             color = f"C{i}"
             layers = range(1, len(rs[0]["init_act"]) + 1)
             rel = [[num(a) / num(r["input_norm"]) for a in r["init_act"]] for r in rs]
-            plot_band(ax1, layers, rel, f"c={c:g} init", color=color)
+            plot_band(ax1, layers, rel, f"c={c:g} init", color=color, log=True)
             fin = [[num(a) / num(r["input_norm"]) for a in r["final_act"]] for r in rs]
             if any(all(math.isfinite(v) for v in f) for f in fin):
-                plot_band(ax1, layers, fin, f"c={c:g} trained", color=color, ls="--")
+                plot_band(ax1, layers, fin, f"c={c:g} trained", color=color, ls="--", log=True)
             m0 = mean_std([row[0] for row in rel])[0]
             ax1.plot(layers, [m0 * math.exp(target_slope(num(c)) * (l - 1)) for l in layers], ":", color="k", lw=0.8)
-            plot_band(ax2, layers, [[num(g) for g in r["init_grad"]] for r in rs], f"c={c:g} init", color=color)
+            plot_band(
+                ax2, layers, [[num(g) for g in r["init_grad"]] for r in rs], f"c={c:g} init", color=color, log=True
+            )
             epochs = range(1, len(rs[0]["test_acc"]) + 1)
             plot_band(
                 ax3, epochs, [[num(a) for a in r["test_acc"]] for r in rs], f"c={c:g}", color=color, marker="o", ms=3
@@ -179,7 +181,7 @@ class InitScale(Claim):
         chance = num(evidence["chance"])
         ax3.axhline(chance, color="gray", ls=":", lw=1, label="chance")
         ax3.axhline(2 * chance, color="gray", ls="--", lw=1, label="2x chance")
-        ax3.set(xlabel="epoch", ylabel="test accuracy", title="training (NaN runs end early)")
+        ax3.set(xlabel="epoch", ylabel="test accuracy", title="test accuracy (c=3: NaN)")
         ax3.legend(fontsize=6)
 
 

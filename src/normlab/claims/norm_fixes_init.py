@@ -157,9 +157,16 @@ class NormFixesInit(Claim):
                 f"{n} c={c:g}",
                 color=color,
                 ls=styles[n],
+                log=True,
             )
             plot_band(
-                ax2, layers, [[num(g) for g in r["init_grad"]] for r in rs], f"{n} c={c:g}", color=color, ls=styles[n]
+                ax2,
+                layers,
+                [[num(g) for g in r["init_grad"]] for r in rs],
+                f"{n} c={c:g}",
+                color=color,
+                ls=styles[n],
+                log=True,
             )
             epochs = range(1, len(rs[0]["test_acc"]) + 1)
             plot_band(

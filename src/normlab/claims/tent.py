@@ -245,7 +245,7 @@ class Tent(Claim):
             ax.bar(xs, means, width, yerr=[s if math.isfinite(s) else 0 for s in stds], label=method, color=f"C{j}")
         labels = [f"{'1d' if ds == 'mnist1d' else 'img'}:{c}" for ds, c in keys] + ["mean (corrupted)"]
         ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
-        ax.set_ylabel(f"test error (severity {evidence.get('severity', SEVERITY)}), mean +- std over seeds")
+        ax.set_ylabel(f"test error, severity {evidence.get('severity', SEVERITY)}\n(mean +- std over seeds)")
         ax.legend(fontsize=8)
 
 
