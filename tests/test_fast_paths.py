@@ -19,6 +19,63 @@ from normlab.functional import combine_row_moments, generic, norms, row_moments,
 TOL64 = {"rtol": 1e-10, "atol": 1e-10}
 
 
+@pytest.fixture(autouse=True)
+def _own_roads_at_small_sizes(monkeypatch):
+    """Size thresholds send small inputs to torch's kernels (for speed only); lower them here so
+    these small-tensor tests run normlab's own roads (blocked RMS rows, channel-LN GEMVs).
+    ``test_size_thresholds_route_small_inputs_to_torch`` checks the default routing."""
+    monkeypatch.setattr(norms, "_RMS_MIN_NUMEL", 0)
+    monkeypatch.setattr(norms, "_CLN_MIN_NUMEL", 0)
+    monkeypatch.setattr(norms, "_RMS_BLOCK_BYTES", 4096)  # several blocks at test sizes
+
+
+def _count_calls(monkeypatch, cls):
+    calls = []
+    original = cls.apply
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(cls, "apply", spy)
+    return calls
+
+
+def test_own_roads_are_taken_at_lowered_thresholds(monkeypatch):
+    rms = _count_calls(monkeypatch, norms._RMSNormRows)
+    cln = _count_calls(monkeypatch, norms._ChannelLayerNormContiguous)
+    inl = _count_calls(monkeypatch, norms._InstanceNormChannelsLast)
+    norms.rms_norm(_randn(4, 8), (8,), None, 1e-6)
+    norms.channel_layer_norm(_randn(2, 3, 4, 5))
+    x = _randn(2, 3, 4, 5).to(memory_format=torch.channels_last).requires_grad_(True)
+    norms.instance_norm(x)
+    assert (len(rms), len(cln), len(inl)) == (1, 1, 1)
+
+
+def test_size_thresholds_route_small_inputs_to_torch(monkeypatch):
+    monkeypatch.undo()  # the default thresholds
+    rms = _count_calls(monkeypatch, norms._RMSNormRows)
+    cln = _count_calls(monkeypatch, norms._ChannelLayerNormContiguous)
+    norms.rms_norm(_randn(4, 8), (8,), None, 1e-6)
+    norms.channel_layer_norm(_randn(2, 3, 4, 5))
+    assert (len(rms), len(cln)) == (0, 0)
+    norms.rms_norm(_randn(norms._RMS_MIN_NUMEL // 64, 64), (64,), None, 1e-6)
+    norms.channel_layer_norm(_randn(1, 4, norms._CLN_MIN_NUMEL // 4))
+    assert (len(rms), len(cln)) == (1, 1)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_channel_layer_norm_double_backward(affine):
+    x = _randn(2, 3, 4, 5, seed=31, shift=0.3).requires_grad_(True)
+    params = list(_affine(3)) if affine else []
+    params = [p.requires_grad_(True) for p in params]
+
+    def fn(x, *p):
+        return norms.channel_layer_norm(x, *(p if p else (None, None)), eps=1e-3)
+
+    assert torch.autograd.gradgradcheck(fn, (x, *params))
+
+
 def _randn(*shape, dtype=torch.float64, seed=0, scale=1.0, shift=0.0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=gen, dtype=torch.float64).mul(scale).add(shift).to(dtype)

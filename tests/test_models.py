@@ -238,3 +238,19 @@ def test_init_weights_leaves_norms_alone(norm):
     assert all(bool((m.weight == 3).all()) and bool((m.bias == -1).all()) for m in norms)
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert all(torch.count_nonzero(m.bias) == 0 for m in convs)
+
+
+def test_init_swn_sets_the_scaled_weight_norm_gains():
+    """Arpit et al. 2019: w = g v/||v|| per output unit, g = sqrt(gain * fan_in / fan_out); head untouched."""
+    from normlab.models import MLP, init_weights
+
+    net = MLP(30, 10, width=20, depth=2, norm=None)
+    init_weights(net, "swn", c=2.0, generator=torch.Generator().manual_seed(0))
+    first, second, head = [m for m in net if isinstance(m, torch.nn.Linear)]
+    for layer, fan_in, fan_out in ((first, 30, 20), (second, 20, 20)):
+        g = layer.parametrizations.weight.original0
+        assert torch.allclose(g, torch.full_like(g, math.sqrt(2.0 * fan_in / fan_out)))
+        # the effective weight's rows have norm g, whatever v is
+        assert torch.allclose(layer.weight.norm(dim=1), g.flatten(), rtol=1e-5)
+        assert torch.count_nonzero(layer.bias) == 0
+    assert not hasattr(head, "parametrizations")

@@ -208,7 +208,12 @@ def instance_norm(
         mean, var = _instance_moments(input)
         update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial, momentum)
     # Exact identity: IN is GN with one channel per group.
-    if _channels_last_format(input) is None or input.dtype not in (torch.float32, torch.float64):
+    if (
+        _channels_last_format(input) is None
+        or input.dtype not in (torch.float32, torch.float64)
+        or input.device.type != "cpu"
+        or _compiling()
+    ):
         return F.group_norm(input, c, weight, bias, eps)
     if _needs_grad(input, weight, bias):
         # torch's group_norm backward is ~3x slower on channels-last input than
@@ -313,7 +318,7 @@ def _layer_norm(input: Tensor, normalized_shape, weight: Tensor | None, bias: Te
 
 def _check_trailing(x: Tensor, normalized_shape, what: str) -> None:
     ns = tuple(normalized_shape)
-    if x.dim() < len(ns) or tuple(x.shape[x.dim() - len(ns):]) != ns:
+    if x.dim() < len(ns) or tuple(x.shape[x.dim() - len(ns) :]) != ns:
         raise ValueError(
             f"{what} expected input with trailing dims {list(ns)} (shape [*, {', '.join(map(str, ns))}]), "
             f"got input of shape {list(x.shape)}"
@@ -337,15 +342,18 @@ def channel_layer_norm(
         if p is not None and p.shape != (c,):
             raise ValueError(f"channel_layer_norm expected {name} of shape ({c},), got {tuple(p.shape)}")
     moved = input.movedim(1, -1)
-    if moved.is_contiguous() and (weight is None or weight.dtype == input.dtype) and (
-        bias is None or bias.dtype == input.dtype
+    if (
+        moved.is_contiguous()
+        and (weight is None or weight.dtype == input.dtype)
+        and (bias is None or bias.dtype == input.dtype)
     ):
         # Exact identity: LN over the last dim of the (N, *spatial, C) view; its
         # output, moved back, has the input's (channels-last) strides.
         return _layer_norm(moved, (c,), weight, bias, eps).movedim(-1, 1)
     if (
-        input.is_contiguous()
-        and input.numel() > 0
+        input.device.type == "cpu"
+        and input.is_contiguous()
+        and input.numel() >= _CLN_MIN_NUMEL
         and input.dtype in (torch.float32, torch.float64)
         and all(p is None or p.dtype == input.dtype for p in (weight, bias))
         and not _compiling()
@@ -363,6 +371,11 @@ def channel_layer_norm(
     elif bias is not None:
         y = y + _param_view(bias, y).to(y.dtype)
     return y.to(input.dtype)
+
+
+# Below this many elements the batched-GEMV road's fixed cost (~60 us of small
+# ops) is more than it saves; the plain composite below runs instead.
+_CLN_MIN_NUMEL = 1 << 16
 
 
 class _ChannelLayerNormContiguous(torch.autograd.Function):
@@ -579,4 +592,3 @@ __all__ = [
     "local_response_norm",
     "rms_norm",
 ]
-

@@ -156,7 +156,6 @@ def resnet_small(in_channels: int, num_classes: int, norm: str | None = "bn", sp
     return CNN(in_channels, num_classes, channels=(32, 64, 128), spatial=spatial, norm=norm, residual=True, **kw)
 
 
-@torch.no_grad()
 def init_weights(
     model: nn.Module, scheme: str = "he", c: float = 2.0, generator: torch.Generator | None = None
 ) -> nn.Module:
@@ -164,20 +163,42 @@ def init_weights(
 
     - ``"gaussian"``: W ~ N(0, c / fan_in) (c=2 is He's ReLU scale, c=1 LeCun's).
     - ``"he"``: the same with c=2.
+    - ``"swn"``: scaled weight normalization (Arpit, Campos & Bengio 2019):
+      each layer is reparametrized ``w = g v / ||v||`` per output unit
+      (torch's ``weight_norm`` parametrization), ``v ~ N(0, 1/fan_in)`` and
+      ``g = sqrt(c * fan_in / fan_out)`` with ``c`` the gain (2 for ReLU;
+      convolutions use C_in / C_out). This is the plain-network rule; the
+      paper's residual rules (gain 1/N on a block's last conv) are not applied.
+      The last layer (the head) is left as is. Returns the model, whose layers
+      now hold ``parametrizations.weight.original0`` (g) and ``original1`` (v).
     - ``"default"``: leave torch's initialization.
+
     Norm layers keep weight 1 and bias 0.
     """
     if scheme == "default":
         return model
-    if scheme not in ("gaussian", "he"):
-        raise ValueError(f"scheme must be 'gaussian', 'he' or 'default', got {scheme!r}")
+    if scheme not in ("gaussian", "he", "swn"):
+        raise ValueError(f"scheme must be 'gaussian', 'he', 'swn' or 'default', got {scheme!r}")
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     scale = 2.0 if scheme == "he" else float(c)
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+    with torch.no_grad():
+        for m in layers:
             fan_in = m.weight[0].numel()
-            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * math.sqrt(scale / fan_in))
+            std = math.sqrt((1.0 if scheme == "swn" else scale) / fan_in)
+            m.weight.copy_(torch.randn(m.weight.shape, generator=generator) * std)
             if m.bias is not None:
                 m.bias.zero_()
+    if scheme == "swn":
+        from torch.nn.utils.parametrizations import weight_norm
+
+        for m in layers[:-1]:
+            if isinstance(m, nn.Linear):
+                fan_in, fan_out = m.in_features, m.out_features
+            else:
+                fan_in, fan_out = m.in_channels // m.groups, m.out_channels
+            weight_norm(m, dim=0)
+            with torch.no_grad():
+                m.parametrizations.weight.original0.fill_(math.sqrt(scale * fan_in / fan_out))
     return model
 
 
