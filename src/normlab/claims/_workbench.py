@@ -5,9 +5,8 @@ Private to ``normlab.claims``; nothing here decides a verdict.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,31 +16,14 @@ from ..analysis import ActivationProbe
 from ..data import Dataset
 from ..models import MLP, init_weights
 from ..train import seed_everything, train
+from ._support import num, single_thread
 from .base import mean_std
 
 CHANCE = 0.1  # ten balanced classes (mnist1d, digits)
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run with one intra-op thread (the machine is shared; tiny ops gain nothing from more); restore after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def num(x) -> float:
-    """A float from evidence that may have gone through JSON (non-finite floats become strings there)."""
-    if x is None:
-        return math.nan
-    return float(x)
-
-
-def finite(x) -> bool:
-    return math.isfinite(num(x))
+# Shared with the other claims' helpers (one definition each).
+one_thread = single_thread
 
 
 def seed_mean(rows: Sequence[dict], key: str) -> tuple[float, float]:
