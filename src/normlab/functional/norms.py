@@ -229,8 +229,8 @@ def _group_norm_channels_last(
 
     torch 2.13's channels-last group-norm kernel takes raw moments
     (E[x^2] - E[x]^2): for |mean| >> std its variance has no correct digit
-    (3% output error at mean/std = 500, where the contiguous kernel is exact
-    to 2e-5). Its statistics show when that happened (mean^2 > ratio * var,
+    (3% output error at mean/std = 500, where the contiguous kernel is
+    accurate to 2e-5). Its statistics show when that happened (mean^2 > ratio * var,
     the same test as :func:`.stats.row_moments`); then the contiguous kernel
     runs on a contiguous copy and the result is put back in x's layout.
     """
