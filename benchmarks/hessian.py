@@ -40,7 +40,7 @@ from torch.func import functional_call, grad, jacrev
 import normlab
 from normlab.analysis import HessianOperator
 from normlab.analysis._common import preserved_state, set_bn_mode
-from normlab.bench import machine_info, set_threads
+from normlab.bench import machine_info, replace_section, set_threads
 
 HEADING = "## Hessian: Lanczos vs power iteration (normlab.analysis.hessian)"
 DT = torch.float64
@@ -225,24 +225,6 @@ def markdown(rows: list[dict], info: dict, args) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, section: str) -> None:
-    """Replace this benchmark's section in ``path`` (from its heading to the next ``## ``), or append it."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = "# normlab.analysis benchmarks\n\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        tail = "" if end < 0 else text[end + 1 :]
-        text = text[:start] + section + ("\n" + tail if tail else "")
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller models, fewer starts (smoke run)")
@@ -265,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     if args.out:
-        write_section(args.out, text)
+        replace_section(args.out, HEADING, text, "# normlab.analysis benchmarks")
         print(f"wrote {args.out}")
     return 0
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlab.analysis import ActivationProbe
-from normlab.bench import machine_info, set_threads, time_interleaved
+from normlab.bench import machine_info, replace_section, set_threads, time_interleaved
 
 HEADING = "## Probes overhead (normlab.analysis.probes)"
 
@@ -156,24 +156,6 @@ def to_markdown(rows: list[dict], info: dict, reps: int, cmd: str, note: str | N
     return "\n".join(lines)
 
 
-def write_section(path: str, section: str) -> None:
-    """Replace this benchmark's section in ``path`` (from its heading to the next ``## ``), or append it."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = "# normlab.analysis benchmarks\n\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        tail = "" if end < 0 else text[end + 1 :]
-        text = text[:start] + section + ("\n" + tail if tail else "")
-    with open(path, "w") as f:
-        f.write(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small inputs, few reps (smoke run)")
@@ -199,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd += "".join(f" --{k} {v}" for k, v in (("reps", args.reps), ("threads", args.threads)) if v is not None)
     md = to_markdown(rows, machine_info(), reps, cmd, args.note)
     if args.out:
-        write_section(args.out, md)
+        replace_section(args.out, HEADING, md, "# normlab.analysis benchmarks")
         print(f"wrote section to {args.out}")
     else:
         print()

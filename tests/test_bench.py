@@ -47,3 +47,15 @@ def test_machine_info_has_the_fields_results_need():
     info = machine_info()
     for key in ("cpu", "cores", "torch", "threads", "date"):
         assert info[key], key
+
+
+def test_replace_section_keeps_the_other_sections(tmp_path):
+    from normlab.bench import replace_section
+
+    path = str(tmp_path / "R.md")
+    replace_section(path, "## A", "## A\n\none\n", "# T")
+    replace_section(path, "## B", "## B\n\ntwo\n", "# T")
+    replace_section(path, "## A", "## A\n\nthree\n", "# T")
+    text = open(path).read()
+    assert text.startswith("# T") and "three" in text and "two" in text and "one" not in text
+    assert text.index("## A") < text.index("## B")

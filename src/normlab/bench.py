@@ -67,6 +67,7 @@ __all__ = [
     "retain_freed_memory",
     "time_interleaved",
     "time_rounds",
+    "replace_section",
 ]
 
 
@@ -367,3 +368,23 @@ def compare(
         result.fwdbwd, result.fwdbwd_ref, result.fwdbwd_copy = (min(col) for col in zip(*rounds, strict=True))
         result.paired.update(_paired(rounds, "fwdbwd"))
     return result
+
+
+def replace_section(path: str, heading: str, section: str, title: str = "# Benchmarks") -> None:
+    """Replace the section starting at ``heading`` in the markdown file ``path`` (up to the next
+    ``## ``), or append it; a missing file starts with ``title``. Lets several benchmark scripts
+    share one results file, each owning its own section."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = title + "\n\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        tail = "" if end < 0 else text[end + 1 :]
+        text = text[:start] + section + ("\n" + tail if tail else "")
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n") + "\n")
