@@ -92,23 +92,24 @@ def test_group_norm_groups_must_divide_channels():
 
 def test_group_norm_group_size_must_divide_channels():
     with pytest.raises(ValueError, match=r"num_channels \(10\) must be divisible by group_size \(4\)"):
-        nln.GroupNorm(num_channels=10, group_size=4)
-    with pytest.raises(ValueError, match=r"group_size \(0\)"):
-        nln.GroupNorm(num_channels=10, group_size=0)
+        nln.GroupNorm.from_group_size(10, 4)
+    with pytest.raises(ValueError, match=r"group_size must be a positive int, got 0"):
+        nln.GroupNorm.from_group_size(10, 0)
+    with pytest.raises(ValueError, match=r"group_size must be an int, got the float 2.0"):
+        nln.GroupNorm.from_group_size(10, 2.0)
 
 
 def test_group_norm_nonpositive_groups():
-    with pytest.raises(ValueError, match="num_groups must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="num_groups must be a positive int, got 0"):
         nln.GroupNorm(0, 4)
 
 
-def test_group_norm_exactly_one_of_groups_and_group_size():
-    with pytest.raises(
-        ValueError, match="give exactly one of num_groups and group_size, got num_groups=2, group_size=2"
-    ):
-        nln.GroupNorm(2, 4, group_size=2)
-    with pytest.raises(ValueError, match="give exactly one of num_groups and group_size, got num_groups=None"):
-        nln.GroupNorm(num_channels=4)
+def test_group_norm_signature_is_torchs():
+    import inspect
+
+    assert list(inspect.signature(nln.GroupNorm).parameters) == list(inspect.signature(torch.nn.GroupNorm).parameters)
+    with pytest.raises(ValueError, match="give one of num_groups and group_size"):
+        normlab.create_norm("gn", 4, num_groups=2, group_size=2)
 
 
 def test_functional_group_norm_indivisible():
@@ -251,7 +252,7 @@ def test_registry_malformed_spec(spec, pattern):
 
 @pytest.mark.parametrize("spec", ["", "   ", None, 3])
 def test_registry_empty_or_non_string_spec(spec):
-    with pytest.raises(TypeError, match="a norm spec must be a non-empty string"):
+    with pytest.raises(TypeError, match="a norm spec must be a non-empty string|create_norm expected a norm name or spec string"):
         normlab.create_norm(spec, 8)
 
 

@@ -292,7 +292,7 @@ def test_group_norm_c_groups_is_instance_norm():
             m.bias.copy_(b)
     assert_close(gn(x), inn(x), **TOL64)
     assert_close(gn(x), G.instance_norm(x, w, b, 1e-4)[0], **TOL64)
-    gs = normlab.nn.GroupNorm(num_channels=6, group_size=1, eps=1e-4).double()
+    gs = normlab.nn.GroupNorm.from_group_size(6, 1, eps=1e-4).double()
     assert gs.num_groups == 6
 
 

@@ -7,11 +7,33 @@
 """
 
 from . import functional, nn
-from .registry import NormEntry, create_norm, get_entry, get_norm, list_norms, parse_spec, register_norm
+from .registry import (
+    NORMS,
+    OPTIMIZERS,
+    WEIGHT_NORMS,
+    NormEntry,
+    apply_weight_norm,
+    create_norm,
+    create_optimizer,
+    get_entry,
+    get_norm,
+    list_norms,
+    mode_dependent,
+    parse_spec,
+    register_norm,
+    statistics_kind,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NORMS",
+    "OPTIMIZERS",
+    "WEIGHT_NORMS",
+    "apply_weight_norm",
+    "create_optimizer",
+    "mode_dependent",
+    "statistics_kind",
     "NormEntry",
     "__version__",
     "create_norm",

@@ -1,8 +1,23 @@
 """The registry: one flat table of every normalization normlab provides.
 
-``create_norm(spec, num_features, **kwargs)`` builds a module from a name or
-a short spec string; ``get_norm(name)`` returns the class; ``list_norms()``
-lists the canonical names. Spec grammar (documented in the README)::
+``create_norm(spec, num_features, **kwargs)`` builds a module from a name, a
+short spec string, a class or a ``functools.partial``; ``get_norm(name)``
+returns the class; ``list_norms()`` lists the canonical names.
+
+The registry is the single source of truth for what each norm *is*: its
+class, statistics kind (``"batch"``: batch statistics in training and
+running statistics in eval; ``"sample"``: per-sample statistics; ``"none"``),
+accepted input ranks, inputs (``("input",)`` or ``("input", "condition")``),
+the oracle it is tested against, example constructor arguments and input
+shapes, the torch class whose checkpoint it loads, and the paper. ``normlab
+check``/``info``, the models' norm factory, analysis (which modules use batch
+statistics: :func:`mode_dependent`), the generic tests, the compile tests and
+the benchmarks all read it; nothing else dispatches on a norm's name.
+
+Two more registries share the spec parser: :data:`WEIGHT_NORMS` (weight
+normalizations, applied to a module: :func:`apply_weight_norm`) and
+:data:`OPTIMIZERS` (gradient-side normalization). Spec grammar (documented
+in the README)::
 
     spec  := name [ ":" args ]
     args  := arg ( "," arg )*
@@ -17,17 +32,25 @@ override those in the spec.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from . import nn as nlnn
+from .functional import generic
+from .functional.checks import InvalidArgumentError
+
+StatisticsKind = Literal["batch", "sample", "none"]
+_KINDS = ("batch", "sample", "none")
 
 
 @dataclass(frozen=True)
 class NormEntry:
-    """One registered norm: how to build it, what it computes, where it comes from."""
+    """One registered norm: how to build it, what it computes, how it is checked, where it comes from."""
 
     name: str
     cls: type[nn.Module]
@@ -35,23 +58,62 @@ class NormEntry:
     formula: str
     reduces: str
     paper: str
+    #: "batch" (batch statistics in training, running ones in eval), "sample" or "none"
+    statistics: StatisticsKind
+    #: input ranks the module accepts (``ranks[0]`` is the example's)
+    ranks: tuple[int, ...]
+    #: ``oracle(module, *inputs) -> output``: the generic partition -> operation -> recovery
+    #: composition (float64) for the module's current mode; None when the module *is* the composition
+    oracle: Callable[..., Tensor] | None
+    #: example constructor keywords beyond ``num_features`` and the input shapes (one per input)
+    example: dict
+    example_shapes: tuple[tuple[int, ...], ...]
     aliases: tuple[str, ...] = ()
+    #: names of forward's tensor arguments
+    inputs: tuple[str, ...] = ("input",)
     # How create_norm's num_features enters the constructor: the keyword it
     # becomes, or None when the norm has no per-channel state (LRN).
     features_arg: str | None = "num_features"
     primary: str | None = None  # the option a bare spec value sets ("gn:32")
     defaults: dict = field(default_factory=dict)  # registry defaults beyond the class's
-    input_rank: int = 4  # rank of the example input used by `normlab check`
-    torch_twin: str | None = None  # "torch.nn.X" with the same contract, if any
+    torch_twin: str | None = None  # "torch.nn.X" with the same contract (subclassed), if any
+    loads_from: str | None = None  # the torch class whose state_dict loads strictly (default: the twin)
     family: str = "per-sample"
+    #: builds the module from merged keywords instead of ``cls(**kwargs)`` (e.g. GroupNorm's group_size)
+    builder: Callable[..., nn.Module] | None = None
 
-    def build(self, num_features: int | None, **kwargs) -> nn.Module:
+    def __post_init__(self) -> None:
+        if self.statistics not in _KINDS:
+            raise ValueError(f"NormEntry {self.name!r}: statistics must be one of {_KINDS}, got {self.statistics!r}")
+        if len(self.example_shapes) != len(self.inputs):
+            raise ValueError(f"NormEntry {self.name!r}: one example shape per input {self.inputs}")
+
+    @property
+    def input_rank(self) -> int:
+        return self.ranks[0]
+
+    @property
+    def checkpoint_class(self) -> str | None:
+        return self.loads_from or self.torch_twin
+
+    def example_features(self) -> int | tuple[int, ...] | None:
+        """``num_features`` of the example: the channel dim, or the trailing dim for trailing-dim norms."""
+        if self.features_arg is None:
+            return None
+        shape = self.example_shapes[0]
+        return shape[-1] if self.features_arg == "normalized_shape" else shape[1]
+
+    def build(self, num_features: int | tuple[int, ...] | None, **kwargs) -> nn.Module:
         args = {**self.defaults, **kwargs}
         if self.features_arg is not None:
             if num_features is None:
                 raise TypeError(f"norm {self.name!r} needs num_features")
             args[self.features_arg] = num_features
-        return self.cls(**args)
+        return (self.builder or self.cls)(**args)
+
+    def build_example(self, **overrides) -> nn.Module:
+        """The module of :attr:`example` at the example input's size."""
+        return self.build(self.example_features(), **{**self.example, **overrides})
 
     def signature_defaults(self) -> dict:
         """The constructor's defaults with the registry's own on top."""
@@ -65,135 +127,38 @@ class NormEntry:
         return out
 
 
-_BN = "y = (x - mean) / sqrt(var + eps) * weight + bias"
-_TABLE: dict[str, NormEntry] = {}
-_ALIASES: dict[str, str] = {}
+@dataclass(frozen=True)
+class WeightNormEntry:
+    """One registered weight normalization: a function ``apply(module, **kwargs) -> module``."""
+
+    name: str
+    apply: Callable[..., nn.Module]
+    summary: str
+    formula: str
+    paper: str
+    #: the parametrization module (``torch.nn.utils.parametrize``) it registers
+    parametrization: type[nn.Module] | None = None
+    aliases: tuple[str, ...] = ()
+    primary: str | None = None
+    defaults: dict = field(default_factory=dict)
+    #: module types it applies to
+    applies_to: tuple[type[nn.Module], ...] = ()
 
 
-def register_norm(entry: NormEntry) -> NormEntry:
-    """Add an entry to the table (names and aliases must be new)."""
-    for key in (entry.name, *entry.aliases):
-        if key in _TABLE or key in _ALIASES:
-            raise ValueError(f"norm name {key!r} is already registered")
-    _TABLE[entry.name] = entry
-    for alias in entry.aliases:
-        _ALIASES[alias] = entry.name
-    return entry
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """One registered optimizer (gradient-side normalization)."""
+
+    name: str
+    cls: type
+    summary: str
+    paper: str
+    aliases: tuple[str, ...] = ()
+    primary: str | None = None
+    defaults: dict = field(default_factory=dict)
 
 
-def _bn(dim: int, rank: int, aliases: tuple[str, ...]) -> NormEntry:
-    return NormEntry(
-        name=f"batchnorm{dim}d",
-        cls=getattr(nlnn, f"BatchNorm{dim}d"),
-        summary=f"Batch normalization for {rank}D input; running statistics for inference",
-        formula=_BN + "; running stats: (1 - momentum) * running + momentum * batch (unbiased var)",
-        reduces="per channel over (N, *spatial)" if dim > 1 else "per channel over (N) or (N, L)",
-        paper="Ioffe & Szegedy 2015, Batch Normalization, arXiv:1502.03167",
-        aliases=aliases,
-        input_rank=rank,
-        torch_twin=f"torch.nn.BatchNorm{dim}d",
-        family="batch",
-    )
-
-
-def _in(dim: int, rank: int, aliases: tuple[str, ...]) -> NormEntry:
-    return NormEntry(
-        name=f"instancenorm{dim}d",
-        cls=getattr(nlnn, f"InstanceNorm{dim}d"),
-        summary=f"Instance normalization for {rank}D input (runs as group_norm(x, C))",
-        formula=_BN + " (affine=False by default)",
-        reduces="per (sample, channel) over the spatial dims",
-        paper="Ulyanov, Vedaldi & Lempitsky 2016, Instance Normalization, arXiv:1607.08022",
-        aliases=aliases,
-        input_rank=rank,
-        torch_twin=f"torch.nn.InstanceNorm{dim}d",
-    )
-
-
-for _entry in (
-    _bn(1, 2, ("bn1d",)),
-    _bn(2, 4, ("bn", "bn2d", "batchnorm")),
-    _bn(3, 5, ("bn3d",)),
-    NormEntry(
-        name="layernorm",
-        cls=nlnn.LayerNorm,
-        summary="Layer normalization over the trailing dim(s), per-element affine",
-        formula="y = (x - mean) / sqrt(var + eps) * weight + bias",
-        reduces="per sample over the trailing normalized_shape dims",
-        paper="Ba, Kiros & Hinton 2016, Layer Normalization, arXiv:1607.06450",
-        aliases=("ln",),
-        features_arg="normalized_shape",
-        input_rank=3,
-        torch_twin="torch.nn.LayerNorm",
-    ),
-    NormEntry(
-        name="layernorm2d",
-        cls=nlnn.LayerNorm2d,
-        summary="LayerNorm over the channel dim of (N, C, H, W) at every pixel, no permute copies",
-        formula="y[n,:,h,w] = (x - mean_c) / sqrt(var_c + eps) * weight + bias",
-        reduces="per (sample, position) over C",
-        paper="Ba et al. 2016; channel form as in ConvNeXt (Liu et al. 2022, arXiv:2201.03545)",
-        aliases=("ln2d", "channel_layernorm"),
-        features_arg="num_channels",
-        input_rank=4,
-    ),
-    NormEntry(
-        name="layernorm3d",
-        cls=nlnn.LayerNorm3d,
-        summary="LayerNorm over the channel dim of (N, C, D, H, W) at every voxel",
-        formula="y[n,:,d,h,w] = (x - mean_c) / sqrt(var_c + eps) * weight + bias",
-        reduces="per (sample, position) over C",
-        paper="Ba et al. 2016, arXiv:1607.06450",
-        aliases=("ln3d",),
-        features_arg="num_channels",
-        input_rank=5,
-    ),
-    NormEntry(
-        name="groupnorm",
-        cls=nlnn.GroupNorm,
-        summary="Group normalization: per sample, groups of C/G channels (by num_groups or group_size)",
-        formula=_BN + " (per-channel affine)",
-        reduces="per (sample, group) over (C/G, *spatial)",
-        paper="Wu & He 2018, Group Normalization, arXiv:1803.08494",
-        aliases=("gn",),
-        features_arg="num_channels",
-        primary="num_groups",
-        defaults={"num_groups": 32},
-        input_rank=4,
-        torch_twin="torch.nn.GroupNorm",
-    ),
-    _in(1, 3, ("in1d",)),
-    _in(2, 4, ("in", "in2d", "instancenorm")),
-    _in(3, 5, ("in3d",)),
-    NormEntry(
-        name="rmsnorm",
-        cls=nlnn.RMSNorm,
-        summary="RMS normalization (no centering) over the trailing dim(s), torch's eps convention",
-        formula="y = x / sqrt(mean(x^2) + eps) * weight",
-        reduces="per sample over the trailing normalized_shape dims",
-        paper="Zhang & Sennrich 2019, Root Mean Square Layer Normalization, arXiv:1910.07467",
-        aliases=("rms",),
-        features_arg="normalized_shape",
-        input_rank=3,
-        torch_twin="torch.nn.RMSNorm",
-    ),
-    NormEntry(
-        name="localresponsenorm",
-        cls=nlnn.LocalResponseNorm,
-        summary="Local response normalization across neighbouring channels (no parameters)",
-        formula="b_c = a_c / (k + alpha / n * sum_{c' in window(c)} a_c'^2) ** beta",
-        reduces="per (sample, position) over a window of `size` channels",
-        paper="Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)",
-        aliases=("lrn",),
-        features_arg=None,
-        primary="size",
-        defaults={"size": 5},
-        input_rank=4,
-        torch_twin="torch.nn.LocalResponseNorm",
-        family="local",
-    ),
-):
-    register_norm(_entry)
+E = TypeVar("E")
 
 
 def _parse_value(text: str):
@@ -210,72 +175,434 @@ def _parse_value(text: str):
     return text.strip()
 
 
-def _resolve(name: str) -> NormEntry:
-    key = name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _TABLE:
-        known = ", ".join(sorted([*_TABLE, *_ALIASES]))
-        raise ValueError(f"unknown norm {name!r}; known names and aliases: {known}")
-    return _TABLE[key]
+class Registry(Generic[E]):
+    """A flat name -> entry table with aliases and the spec grammar; one per kind of thing."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._table: dict[str, E] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, entry: E) -> E:
+        """Add an entry (its name and aliases must be new)."""
+        for key in (entry.name, *entry.aliases):
+            if key in self._table or key in self._aliases:
+                raise ValueError(f"{self.kind} name {key!r} is already registered")
+        self._table[entry.name] = entry
+        for alias in entry.aliases:
+            self._aliases[alias] = entry.name
+        return entry
+
+    def resolve(self, name: str) -> E:
+        key = name.strip().lower()
+        key = self._aliases.get(key, key)
+        if key not in self._table:
+            known = ", ".join(sorted([*self._table, *self._aliases]))
+            raise ValueError(f"unknown {self.kind} {name!r}; known names and aliases: {known}")
+        return self._table[key]
+
+    def names(self) -> list[str]:
+        return list(self._table)
+
+    def entries(self) -> list[E]:
+        return list(self._table.values())
+
+    def __contains__(self, name: str) -> bool:
+        key = name.strip().lower()
+        return key in self._table or key in self._aliases
+
+    def parse(self, spec: str) -> tuple[E, dict]:
+        """Split a spec string into its entry and keywords (see the module docs for the grammar)."""
+        if not isinstance(spec, str) or not spec.strip():
+            raise TypeError(f"a {self.kind} spec must be a non-empty string, got {spec!r}")
+        name, _, rest = spec.partition(":")
+        entry = self.resolve(name)
+        kwargs: dict = {}
+        if rest.strip():
+            primary = getattr(entry, "primary", None)
+            for i, arg in enumerate(rest.split(",")):
+                key, eq, value = arg.partition("=")
+                if eq:
+                    kwargs[key.strip()] = _parse_value(value)
+                elif i == 0 and primary is not None:
+                    kwargs[primary] = _parse_value(arg)
+                else:
+                    raise ValueError(
+                        f"cannot parse {arg!r} in {self.kind} spec {spec!r}: only the first argument may be "
+                        f"positional ({entry.name}'s is {primary or 'none'}); write key=value"
+                    )
+        return entry, kwargs
+
+
+NORMS: Registry[NormEntry] = Registry("norm")
+WEIGHT_NORMS: Registry[WeightNormEntry] = Registry("weight normalization")
+OPTIMIZERS: Registry[OptimizerEntry] = Registry("optimizer")
+
+
+def register_norm(entry: NormEntry) -> NormEntry:
+    """Add an entry to the norm table (names and aliases must be new)."""
+    return NORMS.register(entry)
+
+
+def register_weight_norm(entry: WeightNormEntry) -> WeightNormEntry:
+    return WEIGHT_NORMS.register(entry)
+
+
+def register_optimizer(entry: OptimizerEntry) -> OptimizerEntry:
+    return OPTIMIZERS.register(entry)
+
+
+# ------------------------------------------------------------------ oracles
+# Each: the generic composition (normlab.functional.generic) for the module's
+# current mode and state. Batch norms in eval with running statistics use them.
+
+
+def _running_or(m: nn.Module, batch: Callable[[], Tensor], x: Tensor) -> Tensor:
+    if getattr(m, "running_mean", None) is not None and not m.training:
+        return generic.batch_norm_eval(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)
+    return batch()
+
+
+def _oracle_bn(m, x):
+    return _running_or(m, lambda: generic.batch_norm(x, m.weight, m.bias, m.eps)[0], x)
+
+
+def _oracle_in(m, x):
+    unbatched = x.dim() == m._batched_rank - 1
+    xb = x.unsqueeze(0) if unbatched else x
+    y = _running_or(m, lambda: generic.instance_norm(xb, m.weight, m.bias, m.eps)[0], xb)
+    return y.squeeze(0) if unbatched else y
+
+
+def _oracle_gn(m, x):
+    return generic.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
+
+
+def _oracle_ln(m, x):
+    return generic.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
+def _oracle_cln(m, x):
+    return generic.channel_layer_norm(x, m.weight, m.bias, m.eps)
+
+
+def _oracle_rms(m, x):
+    return generic.rms_norm(x, m.normalized_shape, m.weight, m.eps)
+
+
+def _oracle_lrn(m, x):
+    return generic.local_response_norm(x, m.size, m.alpha, m.beta, m.k)
+
+
+def _build_group_norm(num_channels, num_groups=None, group_size=None, **kwargs) -> nn.Module:
+    """GroupNorm from ``num_groups`` or ``group_size`` (the spec "gn:group_size=16")."""
+    if group_size is not None:
+        if num_groups is not None:
+            raise InvalidArgumentError(
+                f"give one of num_groups and group_size, got num_groups={num_groups}, group_size={group_size}"
+            )
+        return nlnn.GroupNorm.from_group_size(num_channels, group_size, **kwargs)
+    return nlnn.GroupNorm(num_groups, num_channels, **kwargs)
+
+
+_BN = "y = (x - mean) / sqrt(var + eps) * weight + bias"
+
+
+def _bn(dim: int, ranks: tuple[int, ...], shape: tuple[int, ...], aliases: tuple[str, ...]) -> NormEntry:
+    return NormEntry(
+        name=f"batchnorm{dim}d",
+        cls=getattr(nlnn, f"BatchNorm{dim}d"),
+        summary=f"Batch normalization for {' or '.join(f'{r}D' for r in ranks)} input; running statistics in eval",
+        formula=_BN + "; running stats: (1 - momentum) * running + momentum * batch (unbiased var)",
+        reduces="per channel over (N, *spatial)" if dim > 1 else "per channel over (N) or (N, L)",
+        paper="Ioffe & Szegedy 2015, Batch Normalization, arXiv:1502.03167",
+        statistics="batch",
+        ranks=ranks,
+        oracle=_oracle_bn,
+        example={},
+        example_shapes=(shape,),
+        aliases=aliases,
+        torch_twin=f"torch.nn.BatchNorm{dim}d",
+        family="batch",
+    )
+
+
+def _in(dim: int, shape: tuple[int, ...], aliases: tuple[str, ...]) -> NormEntry:
+    return NormEntry(
+        name=f"instancenorm{dim}d",
+        cls=getattr(nlnn, f"InstanceNorm{dim}d"),
+        summary=f"Instance normalization for {dim + 2}D input (runs as group_norm(x, C))",
+        formula=_BN + " (affine=False by default)",
+        reduces="per (sample, channel) over the spatial dims",
+        paper="Ulyanov, Vedaldi & Lempitsky 2016, Instance Normalization, arXiv:1607.08022",
+        statistics="sample",
+        ranks=(dim + 2, dim + 1),
+        oracle=_oracle_in,
+        example={"affine": True},
+        example_shapes=(shape,),
+        aliases=aliases,
+        torch_twin=f"torch.nn.InstanceNorm{dim}d",
+    )
+
+
+for _entry in (
+    _bn(1, (2, 3), (16, 8), ("bn1d",)),
+    _bn(2, (4,), (8, 8, 12, 12), ("bn", "bn2d", "batchnorm")),
+    _bn(3, (5,), (4, 8, 4, 6, 6), ("bn3d",)),
+    NormEntry(
+        name="layernorm",
+        cls=nlnn.LayerNorm,
+        summary="Layer normalization over the trailing dim(s), per-element affine",
+        formula="y = (x - mean) / sqrt(var + eps) * weight + bias",
+        reduces="per sample over the trailing normalized_shape dims",
+        paper="Ba, Kiros & Hinton 2016, Layer Normalization, arXiv:1607.06450",
+        statistics="sample",
+        ranks=(3, 2, 4, 5),
+        oracle=_oracle_ln,
+        example={},
+        example_shapes=((8, 8, 20),),
+        aliases=("ln",),
+        features_arg="normalized_shape",
+        torch_twin="torch.nn.LayerNorm",
+    ),
+    NormEntry(
+        name="layernorm2d",
+        cls=nlnn.LayerNorm2d,
+        summary="LayerNorm over the channel dim of (N, C, H, W) at every pixel, no permute copies",
+        formula="y[n,:,h,w] = (x - mean_c) / sqrt(var_c + eps) * weight + bias",
+        reduces="per (sample, position) over C",
+        paper="Ba et al. 2016; channel form as in ConvNeXt (Liu et al. 2022, arXiv:2201.03545)",
+        statistics="sample",
+        ranks=(4,),
+        oracle=_oracle_cln,
+        example={},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("ln2d", "channel_layernorm"),
+        features_arg="num_channels",
+    ),
+    NormEntry(
+        name="layernorm3d",
+        cls=nlnn.LayerNorm3d,
+        summary="LayerNorm over the channel dim of (N, C, D, H, W) at every voxel",
+        formula="y[n,:,d,h,w] = (x - mean_c) / sqrt(var_c + eps) * weight + bias",
+        reduces="per (sample, position) over C",
+        paper="Ba et al. 2016, arXiv:1607.06450",
+        statistics="sample",
+        ranks=(5,),
+        oracle=_oracle_cln,
+        example={},
+        example_shapes=((4, 8, 4, 6, 6),),
+        aliases=("ln3d",),
+        features_arg="num_channels",
+    ),
+    NormEntry(
+        name="groupnorm",
+        cls=nlnn.GroupNorm,
+        summary="Group normalization: per sample, groups of C/G channels (by num_groups or group_size)",
+        formula=_BN + " (per-channel affine)",
+        reduces="per (sample, group) over (C/G, *spatial)",
+        paper="Wu & He 2018, Group Normalization, arXiv:1803.08494",
+        statistics="sample",
+        ranks=(4, 2, 3, 5),
+        oracle=_oracle_gn,
+        example={"num_groups": 4},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("gn",),
+        features_arg="num_channels",
+        primary="num_groups",
+        defaults={"num_groups": 32},
+        torch_twin="torch.nn.GroupNorm",
+        builder=_build_group_norm,
+    ),
+    _in(1, (8, 8, 20), ("in1d",)),
+    _in(2, (8, 8, 12, 12), ("in", "in2d", "instancenorm")),
+    _in(3, (4, 8, 4, 6, 6), ("in3d",)),
+    NormEntry(
+        name="rmsnorm",
+        cls=nlnn.RMSNorm,
+        summary="RMS normalization (no centering) over the trailing dim(s), torch's eps convention",
+        formula="y = x / sqrt(mean(x^2) + eps) * weight",
+        reduces="per sample over the trailing normalized_shape dims",
+        paper="Zhang & Sennrich 2019, Root Mean Square Layer Normalization, arXiv:1910.07467",
+        statistics="sample",
+        ranks=(3, 2, 4),
+        oracle=_oracle_rms,
+        example={},
+        example_shapes=((8, 8, 20),),
+        aliases=("rms",),
+        features_arg="normalized_shape",
+        torch_twin="torch.nn.RMSNorm",
+    ),
+    NormEntry(
+        name="localresponsenorm",
+        cls=nlnn.LocalResponseNorm,
+        summary="Local response normalization across neighbouring channels (no parameters)",
+        formula="b_c = a_c / (k + alpha / n * sum_{c' in window(c)} a_c'^2) ** beta",
+        reduces="per (sample, position) over a window of `size` channels",
+        paper="Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)",
+        statistics="none",
+        ranks=(4, 3, 5),
+        oracle=_oracle_lrn,
+        example={"size": 5},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("lrn",),
+        features_arg=None,
+        primary="size",
+        defaults={"size": 5},
+        torch_twin="torch.nn.LocalResponseNorm",
+        family="local",
+    ),
+):
+    register_norm(_entry)
+
+# --- new families register below, one block each (keep the blocks apart: helpers edit them)
+# <ghost-batch-norm>
+# </ghost-batch-norm>
+# <iternorm>
+# </iternorm>
+# <switchable-norm>
+# </switchable-norm>
+# <spade>
+# </spade>
+# <weight-standardization>
+# </weight-standardization>
 
 
 def parse_spec(spec: str) -> tuple[NormEntry, dict]:
-    """Split a spec string into its registry entry and constructor keywords."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise TypeError(f"a norm spec must be a non-empty string, got {spec!r}")
-    name, _, rest = spec.partition(":")
-    entry = _resolve(name)
-    kwargs: dict = {}
-    if rest.strip():
-        for i, arg in enumerate(rest.split(",")):
-            key, eq, value = arg.partition("=")
-            if eq:
-                kwargs[key.strip()] = _parse_value(value)
-            elif i == 0 and entry.primary is not None:
-                kwargs[entry.primary] = _parse_value(arg)
-            else:
-                raise ValueError(
-                    f"cannot parse {arg!r} in norm spec {spec!r}: only the first argument may be positional "
-                    f"({entry.name}'s is {entry.primary or 'none'}); write key=value"
-                )
-    return entry, kwargs
+    """Split a norm spec string into its registry entry and constructor keywords."""
+    return NORMS.parse(spec)
 
 
-def create_norm(spec: str, num_features: int | None = None, **kwargs) -> nn.Module:
-    """Build a norm module from a registered name or spec string.
+def _entry_of_class(cls: type) -> NormEntry | None:
+    for entry in NORMS.entries():
+        if entry.cls is cls:
+            return entry
+    return None
 
-    >>> import normlab
+
+def create_norm(spec, num_features: int | tuple[int, ...] | None = None, **kwargs) -> nn.Module:
+    """Build a norm module from a registered name or spec string, a class or a ``functools.partial``.
+
+    >>> import torch, normlab
     >>> normlab.create_norm("gn:8", 64)
     GroupNorm(8, 64, eps=1e-05, affine=True)
+    >>> normlab.create_norm("gn:group_size=16", 64).num_groups
+    4
+    >>> normlab.create_norm(torch.nn.BatchNorm2d, 3)
+    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    >>> import functools
+    >>> normlab.create_norm(functools.partial(normlab.nn.GroupNorm, 4), 8)
+    GroupNorm(4, 8, eps=1e-05, affine=True)
+
+    A class that the registry knows gets its ``num_features`` keyword and
+    defaults (``create_norm(normlab.nn.GroupNorm, 64)`` has 32 groups); any
+    other class or partial is called as ``spec(num_features, **kwargs)``.
     """
-    entry, spec_kwargs = parse_spec(spec)
+    if isinstance(spec, functools.partial) or isinstance(spec, type):
+        entry = _entry_of_class(spec) if isinstance(spec, type) else None
+        if entry is None:
+            return spec(**kwargs) if num_features is None else spec(num_features, **kwargs)
+        spec_kwargs: dict = {}
+    elif isinstance(spec, str):
+        entry, spec_kwargs = parse_spec(spec)
+    else:
+        raise TypeError(
+            f"create_norm expected a norm name or spec string, a module class or a functools.partial, "
+            f"got {type(spec).__name__} {spec!r}"
+        )
     # num_groups and group_size exclude each other: the one given last (kwargs over spec) wins.
     for given, other in (("group_size", "num_groups"), ("num_groups", "group_size")):
         if given in kwargs:
             spec_kwargs.pop(other, None)
     merged = {**spec_kwargs, **kwargs}
-    if "group_size" in merged and "num_groups" not in merged:
+    if "group_size" in merged and "num_groups" not in merged and "num_groups" in entry.defaults:
         merged["num_groups"] = None
     try:
         return entry.build(num_features, **merged)
+    except InvalidArgumentError:
+        raise
     except TypeError as err:
         raise TypeError(f"create_norm({spec!r}, {num_features}): {err}") from err
 
 
 def get_norm(name: str) -> type[nn.Module]:
     """The module class registered under ``name`` (or an alias)."""
-    return _resolve(name).cls
+    return NORMS.resolve(name).cls
 
 
 def get_entry(name: str) -> NormEntry:
     """The full registry entry for ``name`` (or an alias)."""
-    return _resolve(name)
+    return NORMS.resolve(name)
 
 
 def list_norms() -> list[str]:
     """Canonical names of every registered norm, in registration order."""
-    return list(_TABLE)
+    return NORMS.names()
 
 
 def aliases_of(name: str) -> tuple[str, ...]:
-    return _resolve(name).aliases
+    return NORMS.resolve(name).aliases
+
+
+def entry_for_module(module: nn.Module) -> NormEntry | None:
+    """The registry entry of ``module``'s class (the most derived registered class in its MRO), if any."""
+    for cls in type(module).__mro__:
+        entry = _entry_of_class(cls)
+        if entry is not None:
+            return entry
+    return None
+
+
+def statistics_kind(module: nn.Module) -> StatisticsKind | None:
+    """What statistics ``module`` normalizes with: ``"batch"``, ``"sample"``, ``"none"`` or None (not a norm).
+
+    Decided by, in order: the registry (normlab's norms and the torch twins
+    they subclass); the ``normlab_statistics`` attribute (the protocol for
+    user-defined modules: set it to ``"batch"`` on a module whose training
+    forward uses batch statistics); torch's own norm classes.
+    """
+    entry = entry_for_module(module)
+    if entry is not None:
+        return entry.statistics
+    declared = getattr(module, "normlab_statistics", None)
+    if declared is not None:
+        if declared not in _KINDS:
+            raise ValueError(f"{type(module).__name__}.normlab_statistics must be one of {_KINDS}, got {declared!r}")
+        return declared
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return "batch"
+    if isinstance(module, (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)):
+        return "sample"
+    if isinstance(module, nn.LocalResponseNorm):
+        return "none"
+    return None
+
+
+def mode_dependent(module: nn.Module) -> bool:
+    """Whether ``module`` computes a different function in train and eval mode because of its statistics.
+
+    True for batch-statistics norms, and for per-sample norms that track
+    running statistics (``InstanceNorm(track_running_stats=True)`` uses them in
+    eval). Analysis tools put exactly these modules in train mode for
+    ``bn_mode="train"``.
+    """
+    kind = statistics_kind(module)
+    if kind == "batch":
+        return True
+    return kind == "sample" and bool(getattr(module, "track_running_stats", False))
+
+
+def apply_weight_norm(spec: str, module: nn.Module, **kwargs) -> nn.Module:
+    """Apply a registered weight normalization (name or spec string) to ``module``; returns ``module``."""
+    entry, spec_kwargs = WEIGHT_NORMS.parse(spec)
+    return entry.apply(module, **{**entry.defaults, **spec_kwargs, **kwargs})
+
+
+def list_weight_norms() -> list[str]:
+    return WEIGHT_NORMS.names()
+
+
+def create_optimizer(spec: str, params, **kwargs):
+    """Build a registered optimizer from a name or spec: ``create_optimizer("lars:lr=0.1", model.parameters())``."""
+    entry, spec_kwargs = OPTIMIZERS.parse(spec)
+    return entry.cls(params, **{**entry.defaults, **spec_kwargs, **kwargs})

@@ -3,7 +3,9 @@
 - :mod:`.partition` (NAP): views ``(N, C, *spatial)`` as ``(R, D, M)``.
 - :mod:`.operations` (NOP): centering, standardization (L2/L1/L-inf), RMS scaling.
 - :mod:`.recovery` (NRR): per-channel and per-element affine.
-- :mod:`.stats`: moments and running-statistics updates.
+- :mod:`.stats`: typed statistics (``Moments``, ``Covariance``, ``Whitening``),
+  their estimators (with a ``reduce=`` hook for synchronized statistics),
+  windowed and masked estimators, apply functions, and the one running EMA.
 - :mod:`.generic`: every standard norm as the plain composition (the oracle).
 - :mod:`.norms`: the same norms by their fastest exact road (what modules call).
 """
@@ -30,16 +32,39 @@ from .partition import (
     PositionalPartition,
     SampleGroupCoupled,
 )
-from .recovery import channel_affine, element_affine
+from .recovery import channel_affine, element_affine, modulate
 from .stats import (
+    Covariance,
+    Moments,
+    Reduce,
+    Whitening,
+    apply_moments,
+    apply_whitening,
     combine_row_moments,
+    estimate_covariance,
+    estimate_moments,
+    masked_moments,
     moments,
     momentum_factor,
     row_moments,
+    update_running,
     update_running_stats,
+    window_moments,
 )
 
 __all__ = [
+    "Covariance",
+    "Moments",
+    "Reduce",
+    "Whitening",
+    "apply_moments",
+    "apply_whitening",
+    "estimate_covariance",
+    "estimate_moments",
+    "masked_moments",
+    "modulate",
+    "update_running",
+    "window_moments",
     "BatchGroupPartition",
     "BatchPartition",
     "GroupPartition",

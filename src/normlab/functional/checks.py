@@ -65,3 +65,7 @@ def check_enough_values(count: int, x: Tensor, what: str) -> None:
             f"Expected more than 1 value per {what} when training, got input size {tuple(x.shape)}; "
             f"use a larger batch, call .eval(), or use a per-sample norm (GroupNorm, LayerNorm)"
         )
+
+
+class InvalidArgumentError(ValueError, TypeError):
+    """A constructor or function argument of the wrong type or value: catchable as ``ValueError`` or ``TypeError``."""

@@ -83,3 +83,21 @@ def rms_norm(x: Tensor, normalized_shape, weight=None, eps: float | None = None)
     flat = x.reshape(-1, math.prod(normalized_shape))
     y, _ = normalize(flat, LayerPartition(), rms_scale, eps)
     return element_affine(y.reshape(x.shape), weight, None).to(x.dtype)
+
+
+def local_response_norm(x: Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> Tensor:
+    """LRN as a windowed estimator: ``x / (k + alpha * S / size) ** beta``.
+
+    ``S`` is the sum of ``x^2`` over a window of ``size`` channels
+    (``c - size//2 .. c + (size-1)//2``, zero padded: torch's convention, which
+    divides by ``size`` even at the ends), a box sum over the channel dim.
+    """
+    import torch.nn.functional as F
+
+    from .stats import _box_sum, accumulation_dtype
+
+    xa = x.to(accumulation_dtype(x.dtype))
+    sq = xa.square().reshape(x.shape[0], 1, x.shape[1], -1)  # channels as a window dim
+    padded = F.pad(sq, (0, 0, size // 2, (size - 1) // 2))
+    s = _box_sum(padded, (size, 1)).reshape(x.shape)
+    return (xa / (k + alpha * s / size) ** beta).to(x.dtype)

@@ -5,9 +5,15 @@ independent groups, ``D`` coupled features per group (1 for standardization,
 more for whitening) and ``M`` samples the statistics are taken over.
 ``ungroup`` is the exact inverse of ``group``.
 
-These views are the *generic* road (some need a permute copy); the fast paths
-in :mod:`normlab.functional.norms` reach the same numbers without copies and are
-tested against this module.
+Each partition is also described by its **reduction axes**: :meth:`Partition.view`
+reshapes the input to ``(N, ..., *)`` without copying (contiguous and
+channels_last inputs alike) and :attr:`Partition.reduce_dims` names the axes of
+that view the statistics are taken over (``feature_dim``: the coupled axis of a
+whitening partition). :meth:`Partition.moments` and :meth:`Partition.covariance`
+estimate on the view, so statistics broadcast against it and are applied in
+place of a permuted copy; batched matmuls (whitening) contract over the same
+axes. ``group``/``ungroup`` give the explicit ``(R, D, M)`` layout (some need
+a permute copy): the *generic* road the fast paths are tested against.
 
 ======================  ========  =========  ======================
 partition               R         D          M
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .checks import check_groups, check_min_rank
+from .stats import Covariance, Moments, Reduce, apply_moments, estimate_covariance, estimate_moments
 
 
 def _split(x: Tensor) -> tuple[int, int, int]:
@@ -42,7 +49,36 @@ def _split(x: Tensor) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class Partition:
-    """Base class: subclasses define ``group`` and ``ungroup``."""
+    """Base class: subclasses define ``view_shape``, ``reduce_dims``, ``group`` and ``ungroup``."""
+
+    #: the coupled-feature axis of :meth:`view` (whitening), None for standardization
+    feature_dim = None
+
+    def view_shape(self, x: Tensor) -> tuple[int, ...]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @property
+    def reduce_dims(self) -> tuple[int, ...]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def view(self, x: Tensor) -> Tensor:
+        """``x`` reshaped so the statistics are over :attr:`reduce_dims` (a view when strides allow)."""
+        return x.reshape(self.view_shape(x))
+
+    def moments(self, x: Tensor, *, reduce: Reduce | None = None) -> Moments:
+        """Per-group moments, shaped to broadcast against :meth:`view` of ``x``."""
+        return estimate_moments(self.view(x), self.reduce_dims, reduce=reduce)
+
+    def covariance(self, x: Tensor, *, reduce: Reduce | None = None) -> Covariance:
+        """Per-group covariance of the coupled features (partitions with a ``feature_dim``)."""
+        if self.feature_dim is None:
+            raise ValueError(f"{type(self).__name__} has no coupled features: use moments()")
+        return estimate_covariance(self.view(x), self.feature_dim, self.reduce_dims, reduce=reduce)
+
+    def standardize(self, x: Tensor, eps: float, *, reduce: Reduce | None = None) -> tuple[Tensor, Moments]:
+        """``(x - mean) / sqrt(var + eps)`` per group, in ``x``'s shape (accumulation dtype)."""
+        stats = self.moments(x, reduce=reduce)
+        return apply_moments(self.view(x), stats, eps).reshape(x.shape), stats
 
     def group(self, x: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -56,6 +92,22 @@ class BatchPartition(Partition):
     """BN: statistics per channel over (N, *spatial); ``coupled`` channels form D."""
 
     coupled: int = 1
+
+    @property
+    def feature_dim(self):
+        return 2 if self.coupled > 1 else None
+
+    def view_shape(self, x):
+        n, c, s = _split(x)
+        if self.coupled <= 0 or c % self.coupled:
+            raise ValueError(f"num_channels ({c}) must be divisible by the coupled group size ({self.coupled})")
+        if self.coupled == 1:
+            return (n, c, s)
+        return (n, c // self.coupled, self.coupled, s)
+
+    @property
+    def reduce_dims(self):
+        return (0, 2) if self.coupled == 1 else (0, 3)
 
     def group(self, x):
         n, c, s = _split(x)
@@ -75,6 +127,11 @@ class BatchPartition(Partition):
 class LayerPartition(Partition):
     """LN: statistics per sample over (C, *spatial)."""
 
+    def view_shape(self, x):
+        return _split(x)
+
+    reduce_dims = (1, 2)
+
     def group(self, x):
         n, c, s = _split(x)
         return x.reshape(n, 1, c * s)
@@ -86,6 +143,11 @@ class LayerPartition(Partition):
 @dataclass(frozen=True)
 class InstancePartition(Partition):
     """IN: statistics per (sample, channel) over the spatial dims."""
+
+    def view_shape(self, x):
+        return _split(x)
+
+    reduce_dims = (2,)
 
     def group(self, x):
         n, c, s = _split(x)
@@ -100,6 +162,13 @@ class GroupPartition(Partition):
     """GN: statistics per (sample, group of C/G consecutive channels)."""
 
     num_groups: int
+
+    def view_shape(self, x):
+        n, c, s = _split(x)
+        check_groups(c, self.num_groups)
+        return (n, self.num_groups, c // self.num_groups, s)
+
+    reduce_dims = (2, 3)
 
     def group(self, x):
         n, c, s = _split(x)
@@ -116,6 +185,13 @@ class BatchGroupPartition(Partition):
 
     num_groups: int
 
+    def view_shape(self, x):
+        n, c, s = _split(x)
+        check_groups(c, self.num_groups)
+        return (n, self.num_groups, c // self.num_groups, s)
+
+    reduce_dims = (0, 2, 3)
+
     def group(self, x):
         n, c, s = _split(x)
         check_groups(c, self.num_groups)
@@ -130,6 +206,11 @@ class BatchGroupPartition(Partition):
 @dataclass(frozen=True)
 class PositionalPartition(Partition):
     """PONO / channel LayerNorm: statistics per (sample, position) over channels."""
+
+    def view_shape(self, x):
+        return _split(x)
+
+    reduce_dims = (1,)
 
     def group(self, x):
         n, c, s = _split(x)
@@ -146,6 +227,15 @@ class SampleGroupCoupled(Partition):
     """Group whitening: per sample, G coupled groups of (C/G)*S values each."""
 
     num_groups: int
+
+    feature_dim = 1
+
+    def view_shape(self, x):
+        n, c, s = _split(x)
+        check_groups(c, self.num_groups)
+        return (n, self.num_groups, c // self.num_groups, s)
+
+    reduce_dims = (2, 3)
 
     def group(self, x):
         n, c, s = _split(x)

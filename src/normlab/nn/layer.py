@@ -12,7 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as NF
-from ..functional.checks import check_channels, check_groups, check_min_rank, check_rank, check_tensor
+from ..functional.checks import (
+    InvalidArgumentError,
+    check_channels,
+    check_groups,
+    check_min_rank,
+    check_rank,
+    check_tensor,
+)
+from .base import check_eps, check_positive_int
 
 
 class LayerNorm(nn.LayerNorm):
@@ -128,8 +136,8 @@ class GroupNorm(nn.GroupNorm):
     Per sample, channels split into groups of C/G consecutive channels;
     statistics over (C/G, *spatial); per-channel affine. ``GroupNorm(1, C)`` is
     LayerNorm over (C, *spatial); ``GroupNorm(C, C)`` is InstanceNorm.
-    Same arguments as :class:`torch.nn.GroupNorm`, plus keyword ``group_size``
-    (channels per group) as an alternative to ``num_groups``.
+    Same arguments as :class:`torch.nn.GroupNorm`; :meth:`from_group_size`
+    builds it from the channels per group instead (spec ``"gn:group_size=16"``).
 
     Shape: input ``(N, C, *)``, output the same.
 
@@ -138,34 +146,45 @@ class GroupNorm(nn.GroupNorm):
         >>> import torch, normlab
         >>> normlab.nn.GroupNorm(8, 64)(torch.randn(2, 64, 5, 5)).shape
         torch.Size([2, 64, 5, 5])
-        >>> normlab.nn.GroupNorm(num_channels=64, group_size=16).num_groups
+        >>> normlab.nn.GroupNorm.from_group_size(64, group_size=16).num_groups
         4
     """
 
     def __init__(
         self,
-        num_groups: int | None = None,
-        num_channels: int | None = None,
+        num_groups: int,
+        num_channels: int,
         eps: float = 1e-5,
         affine: bool = True,
         device=None,
         dtype=None,
         *,
         bias: bool = True,
-        group_size: int | None = None,
     ) -> None:
-        if num_channels is None:
-            raise TypeError("GroupNorm needs num_channels")
-        if (num_groups is None) == (group_size is None):
-            raise ValueError(
-                f"give exactly one of num_groups and group_size, got num_groups={num_groups}, group_size={group_size}"
-            )
-        if group_size is not None:
-            if group_size <= 0 or num_channels % group_size:
-                raise ValueError(f"num_channels ({num_channels}) must be divisible by group_size ({group_size})")
-            num_groups = num_channels // group_size
+        owner = "GroupNorm"
+        check_positive_int(num_groups, "num_groups", owner)
+        check_positive_int(num_channels, "num_channels", owner)
         check_groups(num_channels, num_groups)
+        check_eps(eps, owner)
         super().__init__(num_groups, num_channels, eps, affine, device, dtype, bias=bias)
+
+    @classmethod
+    def from_group_size(cls, num_channels: int, group_size: int, **kwargs) -> GroupNorm:
+        """GroupNorm with ``group_size`` channels per group: ``GroupNorm(num_channels // group_size, num_channels)``.
+
+        >>> import normlab
+        >>> normlab.nn.GroupNorm.from_group_size(64, 16)
+        GroupNorm(4, 64, eps=1e-05, affine=True)
+        """
+        check_positive_int(num_channels, "num_channels", "GroupNorm.from_group_size")
+        check_positive_int(group_size, "group_size", "GroupNorm.from_group_size")
+        if num_channels % group_size:
+            raise InvalidArgumentError(
+                f"GroupNorm.from_group_size: num_channels ({num_channels}) must be divisible by group_size "
+                f"({group_size}); group sizes that divide {num_channels}: "
+                f"{[d for d in range(1, num_channels + 1) if num_channels % d == 0]}"
+            )
+        return cls(num_channels // group_size, num_channels, **kwargs)
 
     @property
     def group_size(self) -> int:
