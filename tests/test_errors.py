@@ -252,7 +252,9 @@ def test_registry_malformed_spec(spec, pattern):
 
 @pytest.mark.parametrize("spec", ["", "   ", None, 3])
 def test_registry_empty_or_non_string_spec(spec):
-    with pytest.raises(TypeError, match="a norm spec must be a non-empty string|create_norm expected a norm name or spec string"):
+    with pytest.raises(
+        TypeError, match="a norm spec must be a non-empty string|create_norm expected a norm name or spec string"
+    ):
         normlab.create_norm(spec, 8)
 
 
