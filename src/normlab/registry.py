@@ -81,6 +81,9 @@ class NormEntry:
     family: str = "per-sample"
     #: builds the module from merged keywords instead of ``cls(**kwargs)`` (e.g. GroupNorm's group_size)
     builder: Callable[..., nn.Module] | None = None
+    #: the spec to use for input of another rank, e.g. batchnorm2d after a Linear (rank 2) is
+    #: "batchnorm1d"; layernorm after a convolution is LN over (C, *spatial) = "groupnorm:1"
+    rank_variants: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.statistics not in _KINDS:
@@ -324,6 +327,7 @@ def _bn(dim: int, ranks: tuple[int, ...], shape: tuple[int, ...], aliases: tuple
         aliases=aliases,
         torch_twin=f"torch.nn.BatchNorm{dim}d",
         family="batch",
+        rank_variants={2: "batchnorm1d", 3: "batchnorm1d", 4: "batchnorm2d", 5: "batchnorm3d"},
     )
 
 
@@ -342,6 +346,7 @@ def _in(dim: int, shape: tuple[int, ...], aliases: tuple[str, ...]) -> NormEntry
         example_shapes=(shape,),
         aliases=aliases,
         torch_twin=f"torch.nn.InstanceNorm{dim}d",
+        rank_variants={3: "instancenorm1d", 4: "instancenorm2d", 5: "instancenorm3d"},
     )
 
 
@@ -364,6 +369,8 @@ for _entry in (
         aliases=("ln",),
         features_arg="normalized_shape",
         torch_twin="torch.nn.LayerNorm",
+        # after a convolution, LN over (C, *spatial) as in Wu & He 2018
+        rank_variants={3: "groupnorm:1", 4: "groupnorm:1", 5: "groupnorm:1"},
     ),
     NormEntry(
         name="layernorm2d",

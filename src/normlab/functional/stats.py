@@ -418,6 +418,21 @@ def update_running(running: Sequence[Tensor | None], stats: Statistics, momentum
             buf.mul_(1.0 - momentum).add_(new, alpha=momentum)
 
 
+@torch.no_grad()
+def track_batch(
+    running: Sequence[Tensor | None], num_batches_tracked: Tensor | None, stats: Statistics, momentum: float | None
+) -> None:
+    """Count one more training batch and fold ``stats`` into ``running`` (the modules' update, functional form).
+
+    ``momentum`` in torch's form, ``None`` for the cumulative average (needs
+    ``num_batches_tracked``). Call it *after* the output has been computed so
+    a forward that raises changes no state.
+    """
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    update_running(running, stats.detach(), momentum_factor(momentum, num_batches_tracked))
+
+
 def update_running_stats(
     running_mean: Tensor | None,
     running_var: Tensor | None,

@@ -14,6 +14,13 @@ from .layer import (
 )
 from .local import LocalResponseNorm
 
+# --- new families: one import line each (helpers: replace your own marker line only)
+# <import:batch_variants>
+# <import:whitening>
+# <import:mixture>
+# <import:conditional>
+# <import:weight>
+
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
@@ -28,4 +35,9 @@ __all__ = [
     "LayerNorm3d",
     "LocalResponseNorm",
     "RMSNorm",
+    # <all:batch_variants>
+    # <all:whitening>
+    # <all:mixture>
+    # <all:conditional>
+    # <all:weight>
 ]

@@ -11,19 +11,30 @@ batch weighs in the running average.
 
 A subclass declares its running buffers (:meth:`RunningStatsNorm._running_buffers`:
 name -> (shape, init)) in the order of its statistics type's
-``running_values()`` (:mod:`normlab.functional.stats`), and in ``forward``:
+``running_values()`` (:mod:`normlab.functional.stats`). Its ``forward``
+makes only Python-level decisions on module attributes and calls *one*
+module-level function decorated with ``@torch.fx.wrap`` that receives every
+tensor (input, buffers, parameters): ``torch.fx.symbolic_trace`` then records
+that call as one node (validation and data-dependent branches inside it
+stay out of the trace), ``torch.export``/``torch.compile`` trace through it::
 
-.. code-block:: python
-
-    def forward(self, input):
-        check...(input)                      # validate first: a failed call changes nothing
-        if self.use_batch_stats():
-            stats = estimate(input)          # a Moments / Covariance / Whitening
+    @torch.fx.wrap
+    def _my_norm(input, running_mean, running_var, num_batches_tracked, weight, bias,
+                 use_batch_stats: bool, update: bool, momentum, eps):
+        check...(input)                     # validate first: a failed call changes nothing
+        if use_batch_stats:
+            stats = estimate(input)         # a Moments / Covariance / Whitening
             y = apply(input, stats)
-            self.update_running(stats)       # last: only after the output exists
+            if update:                      # last: only once the output exists
+                track_batch((running_mean, running_var), num_batches_tracked, stats, momentum)
         else:
-            y = apply(input, self.running_statistics())
-        return recovery(y)
+            y = apply(input, (running_mean, running_var))
+        return recovery(y, weight, bias)
+
+    class MyNorm(RunningStatsNorm):
+        def forward(self, input):
+            return _my_norm(input, *self.running_buffers(), self.num_batches_tracked, self.weight,
+                            self.bias, self.use_batch_stats(), self.updates_running(), self.momentum, self.eps)
 
 It never subclasses torch's ``_BatchNorm``: torch's tools that look for that
 class (``convert_sync_batchnorm``, fusers) would silently replace a normlab
@@ -40,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.checks import InvalidArgumentError
-from ..functional.stats import Statistics, momentum_factor, update_running
+from ..functional.stats import Statistics, track_batch
 
 Init = Callable[[Tensor], object]
 
@@ -191,7 +202,12 @@ class RunningStatsNorm(nn.Module):
         """Batch statistics in training, and in eval when there are no running statistics."""
         return self.training or not self.track_running_stats
 
+    def updates_running(self) -> bool:
+        """Whether this forward folds its batch statistics into the running buffers."""
+        return self.training and self.track_running_stats
+
     def running_buffers(self) -> tuple[Tensor | None, ...]:
+        """The running buffers in the order of the statistics' ``running_values()`` (None when not tracked)."""
         return tuple(getattr(self, name) for name in self._running_buffers())
 
     def update_running(self, stats: Statistics) -> None:
@@ -200,9 +216,5 @@ class RunningStatsNorm(nn.Module):
         Call it after the output has been computed, so that a forward that
         raises leaves the running statistics untouched.
         """
-        if not (self.training and self.track_running_stats):
-            return
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            factor = momentum_factor(self.momentum, self.num_batches_tracked)
-            update_running(self.running_buffers(), stats.detach(), factor)
+        if self.updates_running():
+            track_batch(self.running_buffers(), self.num_batches_tracked, stats, self.momentum)
