@@ -143,7 +143,8 @@ def test_standardize_statistics_and_center():
     var, mean = torch.var_mean(g, dim=-1, correction=0, keepdim=True)
     assert_close(res.mean, mean, **TOL64)
     assert_close(res.var, var, **TOL64)
-    assert_close(res.scale, torch.sqrt(var + 1e-3), **TOL64)
+    assert isinstance(res.stats, normlab.functional.Moments) and res.stats.count == 30
+    assert res.scale is None  # L2: the divisor sqrt(var + eps) is derived from Moments, not stored
     assert_close(res.output, (g - mean) / torch.sqrt(var + 1e-3), **TOL64)
     c = center(g)
     assert_close(c.output.mean(-1), torch.zeros(4, 2, dtype=torch.float64), atol=1e-12, rtol=0)

@@ -1,7 +1,8 @@
 """normlab's functional core: partition -> operation -> recovery, and the norms built on it.
 
 - :mod:`.partition` (NAP): views ``(N, C, *spatial)`` as ``(R, D, M)``.
-- :mod:`.operations` (NOP): centering, standardization (L2/L1/L-inf), RMS scaling.
+- :mod:`.operations` (NOP): centering, standardization (L2/L1/L-inf), RMS scaling,
+  each an estimator (a typed statistic) then an apply function.
 - :mod:`.recovery` (NRR): per-channel and per-element affine.
 - :mod:`.stats`: typed statistics (``Moments``, ``Covariance``, ``Whitening``),
   their estimators (with a ``reduce=`` hook for synchronized statistics),
@@ -21,7 +22,17 @@ from .norms import (
     local_response_norm,
     rms_norm,
 )
-from .operations import Normalized, apply_stats, center, linf_constant, rms_scale, standardize
+from .operations import (
+    Normalized,
+    Scale,
+    apply_scale,
+    apply_stats,
+    center,
+    estimate_scale,
+    linf_constant,
+    rms_scale,
+    standardize,
+)
 from .partition import (
     BatchGroupPartition,
     BatchPartition,
@@ -56,6 +67,9 @@ from .stats import (
 __all__ = [
     "Covariance",
     "Moments",
+    "Scale",
+    "apply_scale",
+    "estimate_scale",
     "Reduce",
     "Whitening",
     "apply_moments",

@@ -344,31 +344,37 @@ def apply_moments(x: Tensor, stats: Moments | tuple[Tensor, Tensor], eps: float)
     return (xa - mean.to(xa.dtype)) * torch.rsqrt(var.to(xa.dtype) + eps)
 
 
-def apply_whitening(x: Tensor, whitening: Whitening, feature_dim: int) -> Tensor:
-    """``W (x - mean)`` along ``feature_dim`` of ``x``, batched over its groups.
+def apply_whitening(x: Tensor, whitening: Whitening, feature_dim: int, sample_dims: int | Sequence[int]) -> Tensor:
+    """``W (x - mean)`` along ``feature_dim`` of ``x``, batched over its groups, in ``x``'s own layout.
 
-    ``whitening.mean`` broadcasts against ``x`` in its layout (as
-    :func:`estimate_covariance` computed it, before the move to the last dim)
-    or has shape ``(*G, D)``; ``matrix`` is ``(*G, D, D)`` with ``*G`` the
-    group dims of ``x`` in order (the dims that are neither the feature dim
-    nor reduced: pass ``x`` viewed so that they are leading).
+    The layout is that of :func:`estimate_covariance`: ``feature_dim`` holds
+    the D coupled features, ``sample_dims`` the samples, every other dim is a
+    group; ``whitening.mean`` is ``(*G, D)`` and ``whitening.matrix``
+    ``(*G, D, D)`` with ``*G`` the group dims in order. One batched
+    contraction (no per-group loop); output in the accumulation dtype.
+
+    >>> import torch
+    >>> from normlab.functional import estimate_covariance, apply_whitening, Whitening
+    >>> x = torch.randn(16, 2, 3, 10, dtype=torch.float64)      # (N, G, d, S)
+    >>> c = estimate_covariance(x, 2, (0, 3))                   # mean (2, 3), cov (2, 3, 3)
+    >>> w = torch.linalg.inv(torch.linalg.cholesky(c.cov))      # any whitening matrix
+    >>> y = apply_whitening(x, Whitening(c.mean, w), 2, (0, 3))
+    >>> bool(torch.allclose(estimate_covariance(y, 2, (0, 3)).cov, torch.eye(3, dtype=torch.float64)))
+    True
     """
+    nd = x.dim()
+    fd = feature_dim % nd
+    sd = _norm_dims(sample_dims, nd)
+    groups = [d for d in range(nd) if d != fd and d not in sd]
     xa = x.to(accumulation_dtype(x.dtype))
-    xm = xa.movedim(feature_dim, -1)  # (..., D): a view
-    mean = whitening.mean.to(xa.dtype)
-    if mean.dim() == xa.dim():
-        mean = mean.movedim(feature_dim, -1)
-    xc = xm - mean if mean.dim() == xm.dim() else xm - _expand_groups(mean, xm)
-    w = _expand_groups(whitening.matrix.to(xa.dtype), xc, matrix=True)
-    return torch.matmul(xc.unsqueeze(-2), w.transpose(-1, -2)).squeeze(-2).movedim(-1, feature_dim)
-
-
-def _expand_groups(t: Tensor, like: Tensor, matrix: bool = False) -> Tensor:
-    """Insert size-1 dims so per-group ``t`` broadcasts against ``like`` ``(..., D)``."""
-    extra = 2 if matrix else 1
-    groups = t.dim() - extra
-    missing = like.dim() - 1 - groups
-    return t.reshape(t.shape[:groups] + (1,) * missing + t.shape[groups:]) if missing > 0 else t
+    # the (*G, D) mean in x's layout: its dims are x's dims `groups + [fd]`, put in x's order
+    order = [*groups, fd]
+    mean = whitening.mean.to(xa.dtype).permute(sorted(range(len(order)), key=lambda i: order[i]))
+    mean = mean.reshape([x.shape[d] if (d in groups or d == fd) else 1 for d in range(nd)])
+    letters = "abcdefghijklmnopqrstuvw"[:nd]
+    src = "".join("z" if d == fd else letters[d] for d in range(nd))
+    wsub = "".join(letters[d] for d in groups) + letters[fd] + "z"
+    return torch.einsum(f"{wsub},{src}->{letters}", whitening.matrix.to(xa.dtype), xa - mean)
 
 
 # ------------------------------------------------------- running statistics
