@@ -90,7 +90,7 @@ def estimate_scale(
     """
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
     xa = x.to(accumulation_dtype(x.dtype))
-    count = math.prod(x.shape[d] for d in dims)
+    count = math.prod([x.shape[d] for d in dims])
     if norm == "rms":
         ms = xa.square().sum(dims, keepdim=True)
         if reduce is not None:

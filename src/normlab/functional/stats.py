@@ -206,7 +206,7 @@ def estimate_moments(x: Tensor, dims: int | Sequence[int], *, reduce: Reduce | N
     """
     dims = _norm_dims(dims, x.dim())
     xa = x.to(accumulation_dtype(x.dtype))
-    local = math.prod(x.shape[d] for d in dims)
+    local = math.prod([x.shape[d] for d in dims])
     if reduce is None:
         var, mean = torch.var_mean(xa, dim=dims, correction=0, keepdim=True)
         return Moments(mean, var, local)
