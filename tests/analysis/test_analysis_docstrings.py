@@ -1,4 +1,4 @@
-"""The runnable examples in the docstrings of conditioning, probes, landscape, stochasticity and scale."""
+"""The runnable examples in the docstrings of every analysis module."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["conditioning", "probes", "landscape", "stochasticity", "scale"]
+MODULES = ["_common", "hessian", "sharpness", "conditioning", "probes", "landscape", "stochasticity", "scale"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -38,7 +38,7 @@ def test_single_linear_matches_hand_covariances():
     X = torch.randn(N, d_in, generator=g, dtype=f64) + torch.tensor([1.0, -2.0, 0.5], dtype=f64)
     T = torch.randn(N, d_out, generator=g, dtype=f64)
     lin = nn.Linear(d_in, d_out).double()
-    res = layer_covariances(lin, _mse, (X, T))
+    res = layer_covariances(lin, _mse, (X, T), bn_mode="train")
     assert isinstance(res, ConditioningResult) and list(res.layers) == ["(model)"]
     lc = res.layers["(model)"]
 
@@ -58,7 +58,7 @@ def test_single_linear_matches_hand_covariances():
     assert lc.grad.condition == pytest.approx(evg[0] / evg[-1], rel=1e-10)
 
     # Centered: the biased covariance.
-    resc = layer_covariances(lin, _mse, (X, T), center=True)
+    resc = layer_covariances(lin, _mse, (X, T), center=True, bn_mode="train")
     np.testing.assert_allclose(resc.layers["(model)"].input.matrix.numpy(), np.cov(X.numpy().T, bias=True), rtol=1e-12)
     np.testing.assert_allclose(
         resc.layers["(model)"].grad.matrix.numpy(), np.cov(G.numpy().T, bias=True), rtol=1e-10, atol=1e-14
@@ -72,8 +72,10 @@ def test_batches_pool_like_concatenated_data():
     X = torch.randn(40, 4, generator=g, dtype=f64) + 1
     T = torch.randn(40, 2, generator=g, dtype=f64)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double()
-    whole = layer_covariances(model, _mse, (X, T), center=True)
-    parts = layer_covariances(model, _mse, [(X[:7], T[:7]), (X[7:30], T[7:30]), (X[30:], T[30:])], center=True)
+    whole = layer_covariances(model, _mse, (X, T), center=True, bn_mode="train")
+    parts = layer_covariances(
+        model, _mse, [(X[:7], T[:7]), (X[7:30], T[7:30]), (X[30:], T[30:])], center=True, bn_mode="train"
+    )
     assert whole.num_examples == parts.num_examples == 40
     for name in ("0", "2"):
         for side in ("input", "grad"):
@@ -85,14 +87,18 @@ def test_singular_input_rank_and_condition_on_range():
     g = _gen(2)
     X = torch.randn(30, 3, generator=g, dtype=f64)
     X = torch.cat([X, X[:, :1]], 1)  # a duplicated feature: rank 3 of 4
-    res = layer_covariances(nn.Linear(4, 1).double(), None, (X, torch.zeros(30)))
+    res = layer_covariances(nn.Linear(4, 1).double(), None, (X, torch.zeros(30)), bn_mode="train")
     s = res.layers["(model)"].input
     ev = np.linalg.eigvalsh((X.T @ X / 30).numpy())[::-1]
     assert s.rank == 3 and s.singular and s.dim == 4
     assert s.condition == pytest.approx(ev[0] / ev[2], rel=1e-9)
     assert res.layers["(model)"].grad is None
     # A huge rtol leaves only the top eigenvalue.
-    s1 = layer_covariances(nn.Linear(4, 1).double(), None, (X, torch.zeros(30)), rtol=0.999).layers["(model)"].input
+    s1 = (
+        layer_covariances(nn.Linear(4, 1).double(), None, (X, torch.zeros(30)), rtol=0.999, bn_mode="train")
+        .layers["(model)"]
+        .input
+    )
     assert s1.rank == 1 and s1.condition == 1.0
 
 
@@ -102,7 +108,7 @@ def test_conv_inputs_are_unfolded_patches_and_grads_per_channel():
     model = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 3 * 3, 2)).double()
     X = torch.randn(5, 2, 6, 6, generator=g, dtype=f64)
     T = torch.randn(5, 2, generator=g, dtype=f64)
-    res = layer_covariances(model, _mse, (X, T))
+    res = layer_covariances(model, _mse, (X, T), bn_mode="train")
     s = res.layers["0"].input
     P = F.unfold(X, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 2 * 9)
     torch.testing.assert_close(s.matrix, P.T @ P / P.shape[0], rtol=1e-12, atol=1e-12)
@@ -155,9 +161,9 @@ def test_state_unchanged_and_bn_mode():
 def test_layers_selection():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     data = (torch.randn(8, 3), torch.randn(8, 2))
-    assert list(layer_covariances(model, _mse, data, layers=["2"]).layers) == ["2"]
-    assert list(layer_covariances(model, _mse, data, layers=[model[0]]).layers) == ["0"]
-    res = layer_covariances(model, _mse, data, layers=nn.LayerNorm)
+    assert list(layer_covariances(model, _mse, data, layers=["2"], bn_mode="train").layers) == ["2"]
+    assert list(layer_covariances(model, _mse, data, layers=[model[0]], bn_mode="train").layers) == ["0"]
+    res = layer_covariances(model, _mse, data, layers=nn.LayerNorm, bn_mode="train")
     assert res.layers["1"].input.dim == 4 and res.layers["1"].grad.dim == 4
 
 
@@ -189,23 +195,23 @@ def test_bad_inputs():
     model = nn.Linear(3, 2)
     data = (torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(TypeError, match="data"):
-        layer_covariances(model, _mse, 3.0)
+        layer_covariances(model, _mse, 3.0, bn_mode="train")
     with pytest.raises(ValueError, match="empty"):
-        layer_covariances(model, _mse, [])
+        layer_covariances(model, _mse, [], bn_mode="train")
     with pytest.raises(TypeError, match="loss_fn"):
-        layer_covariances(model, "mse", data)
+        layer_covariances(model, "mse", data, bn_mode="train")
     with pytest.raises(ValueError, match="bn_mode"):
         layer_covariances(model, _mse, data, bn_mode="training")
     with pytest.raises(ValueError, match="no submodule named"):
-        layer_covariances(nn.Sequential(model), _mse, data, layers=["5"])
+        layer_covariances(nn.Sequential(model), _mse, data, layers=["5"], bn_mode="train")
     with pytest.raises(TypeError, match="layers"):
-        layer_covariances(nn.Sequential(model), _mse, data, layers="0")
+        layer_covariances(nn.Sequential(model), _mse, data, layers="0", bn_mode="train")
     with pytest.raises(ValueError, match="none of the"):
-        layer_covariances(nn.Sequential(nn.ReLU()), _mse, data)
+        layer_covariances(nn.Sequential(nn.ReLU()), _mse, data, bn_mode="train")
     with pytest.raises(ValueError, match="never called"):
-        layer_covariances(_SkipsSecond(), None, data)
+        layer_covariances(_SkipsSecond(), None, data, bn_mode="train")
     with pytest.raises(ValueError, match="scalar"):
-        layer_covariances(model, lambda o, t: (o - t) ** 2, data)
+        layer_covariances(model, lambda o, t: (o - t) ** 2, data, bn_mode="train")
     with pytest.raises(ValueError, match=r"\(N, d\)"):
         least_squares_hessian_condition(torch.randn(5))
     with pytest.raises(TypeError):
@@ -226,8 +232,8 @@ class _SkipsSecond(nn.Module):
 
 def test_plot_spectra():
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
-    res = layer_covariances(model, _mse, (torch.randn(32, 4), torch.randn(32, 2)))
+    res = layer_covariances(model, _mse, (torch.randn(32, 4), torch.randn(32, 2)), bn_mode="train")
     fig = plot_spectra(res)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
-    fig2 = plot_spectra(layer_covariances(model, None, (torch.randn(32, 4), torch.randn(32, 2))))
+    fig2 = plot_spectra(layer_covariances(model, None, (torch.randn(32, 4), torch.randn(32, 2)), bn_mode="train"))
     assert len(fig2.axes) == 1

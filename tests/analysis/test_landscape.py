@@ -53,7 +53,7 @@ def test_quadratic_exact():
     data = (torch.zeros(2, 1, dtype=f64), torch.zeros(2))
     etas = torch.tensor([0.05, 0.1, 0.2, 0.4], dtype=f64)
     before = snapshot(model)
-    res = loss_landscape(model, _identity_loss, data, etas)
+    res = loss_landscape(model, _identity_loss, data, etas, bn_mode="train")
     assert_unchanged(model, before)
     assert isinstance(res, LandscapeResult)
     g = A @ w
@@ -73,7 +73,7 @@ def test_quadratic_exact():
 
 def test_default_step_sizes_and_params_subset():
     model, A, w = _quadratic()
-    res = loss_landscape(model, _identity_loss, (torch.zeros(1, 1), torch.zeros(1)))
+    res = loss_landscape(model, _identity_loss, (torch.zeros(1, 1), torch.zeros(1)), bn_mode="train")
     torch.testing.assert_close(res.step_sizes, torch.linspace(0.05, 0.4, 8, dtype=f64))
     assert torch.equal(model.w.detach(), w)
 
@@ -82,8 +82,8 @@ def test_batches_weighted_like_concatenated_data():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)).double()
     X, Y = torch.randn(30, 3, dtype=f64), torch.randn(30, 1, dtype=f64)
-    whole = loss_landscape(model, F.mse_loss, (X, Y))
-    parts = loss_landscape(model, F.mse_loss, [(X[:5], Y[:5]), (X[5:], Y[5:])])
+    whole = loss_landscape(model, F.mse_loss, (X, Y), bn_mode="train")
+    parts = loss_landscape(model, F.mse_loss, [(X[:5], Y[:5]), (X[5:], Y[5:])], bn_mode="train")
     assert parts.loss == pytest.approx(whole.loss, rel=1e-12)
     torch.testing.assert_close(parts.losses, whole.losses, rtol=1e-12, atol=0)
     torch.testing.assert_close(parts.grad_changes, whole.grad_changes, rtol=1e-10, atol=1e-14)
@@ -95,10 +95,10 @@ def test_bn_model_state_restored():
     model[0].weight.grad = torch.ones_like(model[0].weight)
     batch = (torch.randn(32, 5), torch.randint(0, 3, (32,)))
     before = snapshot(model)
-    a = loss_landscape(model, F.cross_entropy, batch)
-    ics = internal_covariate_shift(model, F.cross_entropy, batch, lr=0.5)
+    a = loss_landscape(model, F.cross_entropy, batch, bn_mode="train")
+    ics = internal_covariate_shift(model, F.cross_entropy, batch, lr=0.5, bn_mode="train")
     assert_unchanged(model, before)
-    b = loss_landscape(model, F.cross_entropy, batch)  # deterministic: dropout off, BN stats restored
+    b = loss_landscape(model, F.cross_entropy, batch, bn_mode="train")  # deterministic: dropout off, BN stats restored
     assert torch.equal(a.losses, b.losses)
     assert ics.layers == ["0", "4"]
     assert ics.info["earlier_params"]["4"] == ["0.weight", "0.bias", "1.weight", "1.bias"]
@@ -125,7 +125,7 @@ def test_ics_two_layer_linear_by_hand():
 
     G1, G2 = grads(W1, W2)
     _, G2p = grads(W1 - lr * G1, W2)
-    res = internal_covariate_shift(model, F.mse_loss, (X, T), lr=lr)
+    res = internal_covariate_shift(model, F.mse_loss, (X, T), lr=lr, bn_mode="train")
     assert isinstance(res, ICSResult) and res.layers == ["0", "1"]
     assert float(res.l2[0]) == 0.0 and float(res.cosine[0]) == pytest.approx(1.0, abs=1e-15)
     assert float(res.l2[1]) == pytest.approx(float((G2 - G2p).norm()), rel=1e-10)
@@ -141,10 +141,10 @@ def test_ics_layer_choice_and_order():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).double()
     data = (torch.randn(8, 3, dtype=f64), torch.randn(8, 2, dtype=f64))
-    res = internal_covariate_shift(model, F.mse_loss, data, lr=0.1, layers=["4"])
+    res = internal_covariate_shift(model, F.mse_loss, data, lr=0.1, layers=["4"], bn_mode="train")
     assert res.layers == ["4"]
     assert res.info["earlier_params"]["4"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    full = internal_covariate_shift(model, F.mse_loss, data, lr=0.1)
+    full = internal_covariate_shift(model, F.mse_loss, data, lr=0.1, bn_mode="train")
     assert float(full.l2[2]) == pytest.approx(float(res.l2[0]), rel=1e-12)
     assert float(full.l2[1]) > 0
 
@@ -153,25 +153,27 @@ def test_bad_inputs():
     model, _, _ = _quadratic()
     data = (torch.zeros(2, 1), torch.zeros(2))
     with pytest.raises(ValueError, match="step_sizes"):
-        loss_landscape(model, _identity_loss, data, [0.1, -0.2])
+        loss_landscape(model, _identity_loss, data, [0.1, -0.2], bn_mode="train")
     with pytest.raises(ValueError, match="step_sizes"):
-        loss_landscape(model, _identity_loss, data, [])
+        loss_landscape(model, _identity_loss, data, [], bn_mode="train")
     with pytest.raises(TypeError, match="loss_fn"):
-        loss_landscape(model, None, data)
+        loss_landscape(model, None, data, bn_mode="train")
     with pytest.raises(TypeError, match="data"):
-        loss_landscape(model, _identity_loss, 5)
+        loss_landscape(model, _identity_loss, 5, bn_mode="train")
     with pytest.raises(ValueError, match="bn_mode"):
         loss_landscape(model, _identity_loss, data, bn_mode="batch")
     with pytest.raises(ValueError, match="scalar"):
-        loss_landscape(nn.Linear(1, 2), lambda o, t: o, data)
+        loss_landscape(nn.Linear(1, 2), lambda o, t: o, data, bn_mode="train")
     lin = nn.Sequential(nn.Linear(1, 2), nn.Linear(2, 1))
     with pytest.raises(ValueError, match="lr"):
-        internal_covariate_shift(lin, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 1)), lr=0)
+        internal_covariate_shift(lin, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 1)), lr=0, bn_mode="train")
     with pytest.raises(ValueError, match="lr"):
-        internal_covariate_shift(lin, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 1)), lr=math.nan)
+        internal_covariate_shift(lin, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 1)), lr=math.nan, bn_mode="train")
     with pytest.raises(ValueError, match="no trainable"):
         relu_net = nn.Sequential(nn.Linear(1, 2), nn.ReLU())
-        internal_covariate_shift(relu_net, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 2)), 0.1, ["1"])
+        internal_covariate_shift(
+            relu_net, F.mse_loss, (torch.zeros(2, 1), torch.zeros(2, 2)), 0.1, ["1"], bn_mode="train"
+        )
     with pytest.raises(TypeError):
         plot_landscape("result")
     with pytest.raises(TypeError):
@@ -182,11 +184,11 @@ def test_plots():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     batch = (torch.randn(16, 4), torch.randint(0, 2, (16,)))
-    r = loss_landscape(model, F.cross_entropy, batch, [0.1, 0.2])
+    r = loss_landscape(model, F.cross_entropy, batch, [0.1, 0.2], bn_mode="train")
     assert isinstance(plot_landscape(r), Figure)
     assert isinstance(plot_landscape([r, r, r], steps=[0, 10, 20]), Figure)
     with pytest.raises(ValueError, match="steps"):
         plot_landscape([r, r], steps=[0])
-    ics = internal_covariate_shift(model, F.cross_entropy, batch, lr=0.1)
+    ics = internal_covariate_shift(model, F.cross_entropy, batch, lr=0.1, bn_mode="train")
     assert isinstance(plot_ics(ics), Figure)
     assert isinstance(plot_ics([ics, ics]), Figure)

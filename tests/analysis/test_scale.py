@@ -26,7 +26,7 @@ def test_weight_before_batchnorm_is_scale_invariant():
     model = _bn_model(eps=1e-12)
     x = torch.randn(32, 6, dtype=f64)
     before = snapshot(model)
-    r = scale_invariance(model, model[0].weight, x, cs=(0.1, 10.0, 1000.0))
+    r = scale_invariance(model, model[0].weight, x, cs=(0.1, 10.0, 1000.0), bn_mode="train")
     assert_unchanged(model, before)
     assert isinstance(r, ScaleInvarianceResult) and r.param == "0.weight"
     assert float(r.output_change.max()) < 1e-9
@@ -34,19 +34,19 @@ def test_weight_before_batchnorm_is_scale_invariant():
     torch.testing.assert_close(r.grad_cosine, torch.ones(3, dtype=f64), rtol=0, atol=1e-8)
     assert r.is_invariant()
     # With torch's default eps=1e-5 the invariance holds up to about eps / (2 var), var ~ 0.3 here.
-    r5 = scale_invariance(_bn_model(), "0.weight", x, cs=(10.0, 1000.0))
+    r5 = scale_invariance(_bn_model(), "0.weight", x, cs=(10.0, 1000.0), bn_mode="train")
     assert float(r5.output_change.max()) < 1e-4
 
 
 def test_weight_without_normalization_is_not_invariant():
     model = _bn_model()
     x = torch.randn(32, 6, dtype=f64)
-    r = scale_invariance(model, "3.weight", x, cs=(0.1, 10.0))
+    r = scale_invariance(model, "3.weight", x, cs=(0.1, 10.0), bn_mode="train")
     assert float(r.output_change.min()) > 0.5
     assert not r.is_invariant()
     # A bias-free linear map: f(cw) = c f(w) and the gradient of sum(f * r) does not depend on w.
     lin = nn.Linear(6, 3, bias=False).double()
-    r = scale_invariance(lin, "weight", x, cs=(0.5, 3.0, 100.0))
+    r = scale_invariance(lin, "weight", x, cs=(0.5, 3.0, 100.0), bn_mode="train")
     torch.testing.assert_close(r.output_change, torch.tensor([0.5, 2.0, 99.0], dtype=f64), rtol=1e-12, atol=0)
     torch.testing.assert_close(r.grad_ratio, torch.tensor([0.5, 3.0, 100.0], dtype=f64), rtol=1e-12, atol=0)
 
@@ -55,11 +55,11 @@ def test_eval_mode_breaks_invariance_and_loss_pairs():
     model = _bn_model()
     x = torch.randn(32, 6, dtype=f64)
     t = torch.randint(0, 3, (32,))
-    r = scale_invariance(model, "0.weight", (x, t), cs=(10.0,), loss_fn=F.cross_entropy)
+    r = scale_invariance(model, "0.weight", (x, t), cs=(10.0,), loss_fn=F.cross_entropy, bn_mode="train")
     assert float(r.output_change[0]) < 1e-4 and abs(float(r.grad_ratio[0]) - 1) < 1e-3
     r_eval = scale_invariance(model, "0.weight", x, cs=(10.0,), bn_mode="eval")
     assert float(r_eval.output_change[0]) > 0.5
-    r_fn = scale_invariance(model, "0.weight", x, cs=(10.0,), loss_fn=lambda y: y.pow(2).sum())
+    r_fn = scale_invariance(model, "0.weight", x, cs=(10.0,), loss_fn=lambda y: y.pow(2).sum(), bn_mode="train")
     assert float(r_fn.output_change[0]) < 1e-4
 
 
@@ -67,7 +67,7 @@ def test_param_restored_bitwise_even_on_error():
     model = _bn_model()
     w = model[0].weight.detach().clone()
     with pytest.raises(ValueError, match="scalar"):
-        scale_invariance(model, "0.weight", torch.randn(8, 6, dtype=f64), loss_fn=lambda y: y)
+        scale_invariance(model, "0.weight", torch.randn(8, 6, dtype=f64), loss_fn=lambda y: y, bn_mode="train")
     assert torch.equal(model[0].weight, w)
 
 
@@ -128,19 +128,19 @@ def test_bad_inputs():
     model = _bn_model()
     x = torch.randn(8, 6, dtype=f64)
     with pytest.raises(ValueError, match="cs"):
-        scale_invariance(model, "0.weight", x, cs=(0.0, 2.0))
+        scale_invariance(model, "0.weight", x, cs=(0.0, 2.0), bn_mode="train")
     with pytest.raises(ValueError, match="cs"):
-        scale_invariance(model, "0.weight", x, cs=())
+        scale_invariance(model, "0.weight", x, cs=(), bn_mode="train")
     with pytest.raises(ValueError, match="no parameter named"):
-        scale_invariance(model, "0.w", x)
+        scale_invariance(model, "0.w", x, bn_mode="train")
     with pytest.raises(ValueError, match="not a parameter of the model"):
-        scale_invariance(model, nn.Parameter(torch.ones(2)), x)
+        scale_invariance(model, nn.Parameter(torch.ones(2)), x, bn_mode="train")
     with pytest.raises(TypeError, match="param"):
-        scale_invariance(model, 0, x)
+        scale_invariance(model, 0, x, bn_mode="train")
     with pytest.raises(TypeError, match="x must be"):
-        scale_invariance(model, "0.weight", [1.0, 2.0, 3.0])
+        scale_invariance(model, "0.weight", [1.0, 2.0, 3.0], bn_mode="train")
     with pytest.raises(TypeError, match="model"):
-        scale_invariance("model", "0.weight", x)
+        scale_invariance("model", "0.weight", x, bn_mode="train")
     w = nn.Parameter(torch.ones(3))
     with pytest.raises(ValueError, match="lr"):
         EffectiveLRTracker([w], lr=-1.0)

@@ -3,8 +3,12 @@
 Every tool takes a model, a loss and data (one batch ``(inputs, targets)`` or
 an iterable of batches), leaves the model as it found it, returns plain
 dataclasses of tensors and floats, and has a plotting helper returning a
-``matplotlib.figure.Figure``.
+``matplotlib.figure.Figure``. Every tool that evaluates the model takes a
+required ``bn_mode`` keyword, ``"train"`` (the training function) or
+``"eval"`` (the inference function), applied by :func:`set_bn_mode`.
 """
+
+from ._common import set_bn_mode
 
 # conditioning, probes, landscape, stochasticity, scale
 from .conditioning import (
@@ -36,6 +40,7 @@ from .sharpness import SharpnessRecord, SharpnessTracker, plot_sharpness
 from .stochasticity import SNDResult, SNDSweep, plot_snd, snd, snd_sweep
 
 __all__ = [
+    "set_bn_mode",
     # hessian, sharpness
     "ExtremeEigenvalues",
     "HessianOperator",

@@ -63,12 +63,13 @@ Example::
     <...>
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     >>> data = [(torch.randn(32, 8) + 2.0, torch.randint(0, 3, (32,))) for _ in range(4)]
-    >>> res = layer_covariances(model, nn.functional.cross_entropy, data)
+    >>> res = layer_covariances(model, nn.functional.cross_entropy, data, bn_mode="train")
     >>> sorted(res.layers)
     ['0', '2']
     >>> res.layers["0"].input.dim, res.layers["0"].grad.dim
     (8, 16)
-    >>> res.layers["0"].input.condition > layer_covariances(model, None, data, center=True).layers["0"].input.condition
+    >>> centered = layer_covariances(model, None, data, bn_mode="train", center=True)
+    >>> res.layers["0"].input.condition > centered.layers["0"].input.condition
     True
     >>> X = torch.randn(100, 5, dtype=torch.float64)
     >>> ls = least_squares_hessian_condition(X)
@@ -84,7 +85,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._common import BNMode, LossFn, as_batches, params_of, preserved_state, set_bn_mode
+from ._common import BNMode, LossFn, as_batches, check_bn_mode, params_of, preserved_state, set_bn_mode
 from ._layers import is_linear_or_conv, select_layers
 
 __all__ = [
@@ -258,7 +259,7 @@ def layer_covariances(
     data,
     *,
     layers=None,
-    bn_mode: BNMode = "train",
+    bn_mode: BNMode,
     center: bool = False,
     rtol: float | None = None,
 ) -> ConditioningResult:
@@ -272,8 +273,10 @@ def layer_covariances(
         data: one batch ``(inputs, targets)`` or an iterable of batches.
         layers: ``None`` (every ``nn.Linear`` and ``nn.Conv1d/2d/3d``), a type
             or tuple of types, or a list of submodule names/modules.
-        bn_mode: ``"train"`` (batch statistics, the training loss) or
-            ``"eval"`` (running statistics); other modules run in eval mode.
+        bn_mode: required; ``"train"`` (the training loss: batch-statistics
+            norms use batch statistics) or ``"eval"`` (the inference function:
+            running statistics); other modules run in eval mode. See
+            :func:`normlab.analysis.set_bn_mode`.
         center: ``False`` for ``E[x x^T]`` (the Hessian/Fisher factor),
             ``True`` for the covariance ``E[(x-mu)(x-mu)^T]``.
         rtol: eigenvalues ``<= rtol * lambda_max`` count as zero (default
@@ -283,6 +286,7 @@ def layer_covariances(
         :class:`ConditioningResult`; ``result.layers[name].input`` and
         ``.grad`` are :class:`Spectrum` objects (float64).
     """
+    check_bn_mode(bn_mode)
     batches = as_batches(data)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (outputs, targets) -> scalar or None, got {type(loss_fn).__name__}")

@@ -7,12 +7,18 @@ the concatenated data. Everything is built on Hessian-vector products (HVPs)
 by double backward, ``H v = d/dtheta (dL/dtheta . v)``, one batch at a time
 (memory of one batch's graph), never forming ``H``.
 
-**bn_mode is required** (there is no silent default):
+**bn_mode is required** (there is no silent default; the convention of every
+analysis tool, see :func:`normlab.analysis.set_bn_mode`):
 
-- ``"train"``: the training loss, batch-statistics norms (BatchNorm) use the
-  batch's own statistics, so the curvature includes the coupling of the
-  examples through the statistics. Running statistics are not used.
-- ``"eval"``: the inference function, BatchNorm uses its running statistics.
+- ``"train"``: the training loss. The mode-dependent norms (what
+  :func:`normlab.registry.mode_dependent` reports: BatchNorm and every
+  registered norm of statistics kind ``"batch"``, per-sample norms tracking
+  running statistics such as ``InstanceNorm(track_running_stats=True)``, user
+  modules declaring ``normlab_statistics = "batch"``) normalize with the
+  statistics of the data at hand (for batch norms the batch's own, so the
+  curvature includes the coupling of the examples through the statistics).
+  Running statistics are not used.
+- ``"eval"``: the inference function, those norms use their running statistics.
 
 In both modes every other module is in eval mode (dropout off), so the
 function is deterministic. The model's training flags, parameters and buffers
@@ -51,7 +57,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._common import BNMode, LossFn, as_batches, batch_weights, params_of, preserved_state, set_bn_mode
+from ._common import BNMode, LossFn, as_batches, batch_weights, check_bn_mode, params_of, preserved_state, set_bn_mode
 
 __all__ = [
     "ExtremeEigenvalues",
@@ -157,14 +163,6 @@ class SpectralDensity:
 # --------------------------------------------------------------------------- the operator
 
 
-def _check_bn_mode(bn_mode) -> None:
-    if bn_mode not in ("train", "eval"):
-        raise ValueError(
-            f"bn_mode must be 'train' (the training loss: BatchNorm uses batch statistics) or "
-            f"'eval' (the inference function: BatchNorm uses running statistics), got {bn_mode!r}"
-        )
-
-
 def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
     """The CPU generator every random draw comes from (random vectors are drawn on CPU, then moved)."""
     if generator is not None:
@@ -209,7 +207,7 @@ class HessianOperator:
         bn_mode: BNMode,
         params: Sequence[Tensor] | None = None,
     ) -> None:
-        _check_bn_mode(bn_mode)
+        check_bn_mode(bn_mode)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):

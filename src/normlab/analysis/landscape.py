@@ -21,8 +21,9 @@ gradient after every *earlier* layer's parameters take an SGD step
 reported as ``||G - G'||_2`` and ``cos(G, G')``.
 
 Data and state: ``data`` is one batch or an iterable of batches (the loss is
-the size-weighted mean, see :mod:`normlab.analysis._common`); ``bn_mode``
-``"train"`` (default) evaluates the training loss with batch statistics.
+the size-weighted mean, see :mod:`normlab.analysis._common`); ``bn_mode`` is
+required: ``"train"`` evaluates the training loss (batch statistics),
+``"eval"`` the inference function (see :func:`normlab.analysis.set_bn_mode`).
 Every tool restores the parameters, buffers (running statistics) and training
 flags, and never touches ``.grad`` (gradients come from ``torch.autograd.grad``).
 Distances and norms are computed in float64 from the parameters' dtype.
@@ -36,10 +37,10 @@ Example::
     <...>
     >>> model = nn.Sequential(nn.Linear(10, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 3))
     >>> batch = (torch.randn(64, 10), torch.randint(0, 3, (64,)))
-    >>> res = loss_landscape(model, nn.functional.cross_entropy, batch)
+    >>> res = loss_landscape(model, nn.functional.cross_entropy, batch, bn_mode="train")
     >>> res.losses.shape, res.loss_band[0] <= res.loss_band[1], res.beta_eff > 0
     (torch.Size([8]), True, True)
-    >>> ics = internal_covariate_shift(model, nn.functional.cross_entropy, batch, lr=0.1)
+    >>> ics = internal_covariate_shift(model, nn.functional.cross_entropy, batch, lr=0.1, bn_mode="train")
     >>> ics.layers, float(ics.l2[0])   # the first layer has no earlier layers: no shift
     (['0', '3'], 0.0)
     >>> fig = plot_landscape([res, res])
@@ -54,7 +55,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._common import BNMode, LossFn, as_batches, batch_weights, params_of, preserved_state, set_bn_mode
+from ._common import BNMode, LossFn, as_batches, batch_weights, check_bn_mode, params_of, preserved_state, set_bn_mode
 from ._layers import is_linear_or_conv, select_layers
 
 __all__ = [
@@ -161,7 +162,7 @@ def loss_landscape(
     data,
     step_sizes=None,
     *,
-    bn_mode: BNMode = "train",
+    bn_mode: BNMode,
     params: list[Tensor] | None = None,
 ) -> LandscapeResult:
     """Loss, gradient predictiveness and effective beta-smoothness along the gradient direction.
@@ -170,7 +171,8 @@ def loss_landscape(
         model, loss_fn, data: the loss ``L`` (size-weighted over batches).
         step_sizes: the ``eta`` values (default ``torch.linspace(0.05, 0.4, 8)``,
             Santurkar et al.'s range); all > 0.
-        bn_mode: ``"train"`` (batch statistics) or ``"eval"``.
+        bn_mode: required; ``"train"`` (the training loss, batch statistics) or
+            ``"eval"`` (the inference function); see :func:`normlab.analysis.set_bn_mode`.
         params: the parameters that move (default: all trainable); ``g`` is
             the gradient with respect to them.
 
@@ -178,6 +180,7 @@ def loss_landscape(
         :class:`LandscapeResult` (``loss_band``, ``grad_band``, ``beta_eff``
         are properties). The model is restored exactly.
     """
+    check_bn_mode(bn_mode)
     _check_loss_fn(loss_fn)
     etas = _check_step_sizes(torch.linspace(0.05, 0.4, 8) if step_sizes is None else step_sizes)
     batches = as_batches(data)
@@ -222,7 +225,7 @@ def internal_covariate_shift(
     lr: float,
     layers=None,
     *,
-    bn_mode: BNMode = "train",
+    bn_mode: BNMode,
 ) -> ICSResult:
     """Santurkar et al.'s ICS: how much a layer's gradient changes when the earlier layers take their step.
 
@@ -239,10 +242,13 @@ def internal_covariate_shift(
         lr: the SGD step size (> 0).
         layers: ``None`` (every ``nn.Linear``/``nn.Conv*`` with trainable
             parameters), a type, or a list of names/modules.
+        bn_mode: required; ``"train"`` (the training loss, batch statistics: the
+            paper's setting) or ``"eval"``; see :func:`normlab.analysis.set_bn_mode`.
 
     Returns:
         :class:`ICSResult` with ``l2 = ||G - G'||`` and ``cosine = cos(G, G')`` per layer.
     """
+    check_bn_mode(bn_mode)
     _check_loss_fn(loss_fn)
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")

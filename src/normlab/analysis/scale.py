@@ -25,10 +25,10 @@ Example::
     <...>
     >>> model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2))
     >>> x = torch.randn(32, 8)
-    >>> r = scale_invariance(model, "0.weight", x, cs=(10.0, 1000.0))
+    >>> r = scale_invariance(model, "0.weight", x, cs=(10.0, 1000.0), bn_mode="train")
     >>> float(r.output_change.max()) < 1e-4, float((r.grad_ratio - 1).abs().max()) < 1e-3
     (True, True)
-    >>> float(scale_invariance(model, "3.weight", x, cs=(10.0,)).output_change[0]) > 1
+    >>> float(scale_invariance(model, "3.weight", x, cs=(10.0,), bn_mode="train").output_change[0]) > 1
     True
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> tracker = EffectiveLRTracker([("0.weight", model[0].weight)], lr=opt)
@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ._common import BNMode, preserved_state, set_bn_mode
+from ._common import BNMode, check_bn_mode, preserved_state, set_bn_mode
 
 __all__ = ["EffectiveLRTracker", "ScaleInvarianceResult", "ScaleRecord", "plot_effective_lr", "scale_invariance"]
 
@@ -83,7 +83,7 @@ def scale_invariance(
     cs: Sequence[float] = (0.1, 10.0, 1000.0),
     loss_fn: Callable | None = None,
     *,
-    bn_mode: BNMode = "train",
+    bn_mode: BNMode,
     seed: int = 0,
 ) -> ScaleInvarianceResult:
     """Check that ``model``'s output and gradient behave as for a scale-invariant ``param``.
@@ -104,11 +104,15 @@ def scale_invariance(
             random linear functional ``sum(output * r)``, ``r ~ N(0, 1)``
             drawn with ``seed`` (any scalar works: invariance of the output
             implies it for every loss).
-        bn_mode: ``"train"`` (batch statistics: BatchNorm makes the weight
-            before it invariant) or ``"eval"`` (running statistics: it does not).
+        bn_mode: required. ``"train"`` (the training function: BatchNorm
+            uses batch statistics and makes the weight before it invariant)
+            or ``"eval"`` (running statistics: it does not). See
+            :func:`normlab.analysis.set_bn_mode`.
+        seed: the seed of the default loss's random functional.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected model to be a torch.nn.Module, got {type(model).__name__}")
+    check_bn_mode(bn_mode)
     named = dict(model.named_parameters())
     if isinstance(param, str):
         if param not in named:

@@ -46,8 +46,9 @@ class SharpnessTracker:
 
     ``data`` is fixed at construction (an iterator is consumed once): for the
     edge-of-stability picture use the full training set or a fixed subset.
-    ``bn_mode`` is required, as for every Hessian tool (``"train"``: the
-    training loss with batch statistics). ``method``, ``tol`` and
+    ``bn_mode`` is required, as for every analysis tool (``"train"``: the
+    training loss with batch statistics; ``"eval"``: the inference function;
+    see :func:`~normlab.analysis.set_bn_mode`). ``method``, ``tol`` and
     ``max_iter`` go to :func:`~normlab.analysis.top_eigenvalues`. With
     ``warm_start`` (default) each measurement starts from the previous top
     eigenvector.

@@ -100,7 +100,7 @@ def _ics(model, batch) -> dict:
     for m in noise:
         m.force = True
     try:
-        res = internal_covariate_shift(model, F.cross_entropy, batch, lr=LR)
+        res = internal_covariate_shift(model, F.cross_entropy, batch, lr=LR, bn_mode="train")
     finally:
         for m in noise:
             m.force = False

@@ -23,8 +23,10 @@ Protocol: random float64 layers per seed, c in {0.1, 10, 1000}:
 
 The biases before the norms are off: a bias is not scaled with W, so
 ``BN(cWx + b) != BN(Wx + b)``; the statements are about W. The norms use
-``eps = 0``: the statement is an identity of the normalization, and eps (a
-numerical guard) breaks it by about ``eps / var``: the same checks with the
+``eps = tiny`` (the smallest positive float64, ~2e-308; BatchNorm refuses
+``eps = 0`` in training, as torch's does): the statement is an identity of
+the normalization, and eps (a numerical guard) breaks it by about
+``eps / var``, here far below rounding: the same checks with the
 default ``eps = 1e-5`` are reported beside the rule, not in it (at c = 0.1
 the pre-BN variance is 100x smaller and the eps effect is ~1e-3).
 
@@ -48,6 +50,9 @@ from .. import nn as nlnn
 from ..analysis import scale_invariance
 from ._workbench import num, one_thread
 from .base import Claim, Context, Verdict
+
+# The smallest positive float64: eps > 0 as BatchNorm training requires, ~1e-308 against variances ~1.
+_EPS_TINY = torch.finfo(torch.float64).tiny
 
 TOLERANCE = 1e-5
 CONTROL_FLOOR = 1e-3
@@ -177,7 +182,8 @@ class ScaleInvariance(Claim):
         "whole matrix and to rescaling of a single input"
     )
     protocol = (
-        "float64 Linear->BN1d, Conv2d->BN2d, Linear->LN (no bias, eps=0, random affine), c in {0.1, 10, 1000}; "
+        "float64 Linear->BN1d, Conv2d->BN2d, Linear->LN (no bias, eps=tiny ~ 2e-308, random affine), "
+        "c in {0.1, 10, 1000}; "
         "output and gradient errors via normlab.analysis.scale_invariance; LN re-centering and one-input "
         "rescaling directly; controls: BN under one-input rescaling, LN under one-row rescaling; "
         "eps=1e-5 reported beside the rule"
@@ -188,7 +194,7 @@ class ScaleInvariance(Claim):
         rows, with_eps = [], []
         with one_thread():
             for seed in ctx.seeds:
-                rows += _all_checks(seed, eps=0.0)
+                rows += _all_checks(seed, eps=_EPS_TINY)
                 with_eps += [r for r in _all_checks(seed, eps=1e-5) if r["check"] in CHECKS]
         return {"rows": rows, "with_default_eps": with_eps, "cs": list(CS), "tolerance": TOLERANCE}
 
@@ -248,7 +254,7 @@ class ScaleInvariance(Claim):
                 errs = [num(r["rel_err"]) for r in evidence["rows"] if r["check"] == k and num(r["c"]) == c]
                 vals.append(max(max(errs), floor) if errs else math.nan)
             xs = [i - 0.4 + (j + 0.5) * width for i in range(len(names))]
-            ax.bar(xs, vals, width, label=f"c = {c:g} (eps = 0)")
+            ax.bar(xs, vals, width, label=f"c = {c:g} (eps = tiny)")
         eps_rows = evidence.get("with_default_eps", [])
         if eps_rows:
             for i, k in enumerate(CHECKS):
