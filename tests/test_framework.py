@@ -220,7 +220,11 @@ def test_moments_accumulate_low_precision_in_float32():
 # ------------------------------------------------------------------ invariances
 
 
-def _bn_train(x, eps=0.0):
+# BatchNorm refuses eps = 0 in training (as torch's does); the smallest positive float64 is exact here.
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _bn_train(x, eps=_TINY):
     m = normlab.nn.BatchNorm2d(x.shape[1], eps=eps, affine=False, track_running_stats=False).double()
     return m(x)
 
@@ -375,7 +379,7 @@ def test_cumulative_average_module_float64():
 def test_bn_backward_projects_out_mean_and_xhat(shape):
     """dx = (1/sigma)(dy - mean(dy) - xhat mean(dy xhat)): per channel sum dx = 0 and sum dx xhat = 0."""
     cls = normlab.nn.BatchNorm2d if len(shape) == 4 else normlab.nn.BatchNorm1d
-    bn = cls(3, eps=0.0 if len(shape) == 4 else 1e-300).double()  # gamma = 1, beta = 0
+    bn = cls(3, eps=_TINY).double()  # gamma = 1, beta = 0
     dims = (0,) + tuple(range(2, len(shape)))
     x = (_randn(*shape, seed=70) * 2 + 1).requires_grad_(True)
     y = bn(x)
