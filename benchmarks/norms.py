@@ -1,13 +1,24 @@
-"""Benchmark every normlab.nn norm against torch's equivalent and a memory copy.
+"""Benchmark every registered norm against its reference and a memory copy, read from the registry.
 
-    python benchmarks/norms.py            # full shapes, many interleaved reps (several minutes)
-    python benchmarks/norms.py --quick    # small shapes, few reps (a few seconds; a smoke run)
+    python benchmarks/norms.py            # small and large shapes, many interleaved reps (several minutes)
+    python benchmarks/norms.py --quick    # small shapes, few reps (seconds; a smoke run)
     python benchmarks/norms.py --out benchmarks/RESULTS.md
 
+One row group per registry entry (``normlab.NORMS``, so a new entry appears
+by itself), with the entry's example configuration (``entry.example``): at
+the example's size (``entry.example_shapes``) and at a large size (features
+64 at dim 1, or 768 at the last dim of trailing-dim and 2-D input, then the
+batch and spatial dims doubled in turn to at least 4M elements, every input
+scaled alike); at the large size also eval mode for batch-statistics entries
+and channels-last input for 4-D/5-D entries. The reference is the torch twin
+(``entry.torch_twin``: the same state, torch's forward) where there is one,
+otherwise the registry's generic composition (``entry.oracle``: how much the
+fast roads gain over the framework's plain composition).
+
 Ratios are of minimum times over interleaved repetitions in one process (see
-:mod:`normlab.bench`): ``fwd/torch < 1`` means normlab is faster than torch;
-``/copy`` is the time relative to ``y.copy_(x)`` of the same tensor (the
-memory-bandwidth floor). Forward runs under ``torch.no_grad()``;
+:mod:`normlab.bench`): ``fwd / ref < 1`` means normlab is faster than the
+reference; ``/ copy`` is the time relative to ``y.copy_(x)`` of the input
+(the memory-bandwidth floor). Forward runs under ``torch.no_grad()``;
 forward+backward is ``y = m(x); y.backward(g)`` with ``x.requires_grad``.
 """
 
@@ -15,135 +26,167 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import normlab
 from normlab.bench import CacheFlusher, compare, machine_info, retain_freed_memory, set_threads
+from normlab.registry import NormEntry
 
-
-class TimmLayerNorm2d(nn.LayerNorm):
-    """The timm/ConvNeXt reference: permute to channels-last, F.layer_norm, permute back."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+# Large size: at least this many elements in the first input (16 MiB of float32: past the caches).
+LARGE_NUMEL = 1 << 22
+CHANNELS, TRAILING_FEATURES = 64, 768
 
 
 @dataclass
 class Case:
-    name: str  # the normlab module
-    shape: tuple[int, ...]
-    quick_shape: tuple[int, ...]
-    make: Callable[[int], tuple[nn.Module, nn.Module]]  # C -> (normlab module, reference module)
+    entry: NormEntry
+    size: str  # "small" (the example's shapes) or "large"
+    shapes: tuple[tuple[int, ...], ...]  # one per forward input
     mode: str = "train"  # "train" or "eval"
     channels_last: bool = False
-    reference: str = "torch"  # what the reference is
+
+    @property
+    def name(self) -> str:
+        """The class and its example keywords, e.g. ``GroupNorm(num_groups=4)``."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.entry.example.items())
+        return f"{self.entry.cls.__name__}({args})" if args else self.entry.cls.__name__
+
+    @property
+    def reference(self) -> str:
+        if self.entry.torch_twin is not None:
+            return "torch"
+        return "generic" if self.entry.oracle is not None else "-"
 
     @property
     def label(self) -> str:
         return self.mode + (", channels_last" if self.channels_last else "")
 
 
-def _twin(ours: nn.Module, theirs: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Same parameters and buffers in both (torch's module loads normlab's state_dict strictly)."""
-    with torch.no_grad():
-        for p in ours.parameters():
-            p.uniform_(0.5, 1.5)
-        for name, b in ours.named_buffers():
-            if name.endswith("running_mean"):
-                b.normal_(0.0, 0.1)
-            elif name.endswith("running_var"):
-                b.uniform_(0.5, 1.5)
-    theirs.load_state_dict(copy.deepcopy(ours.state_dict()), strict=True)
-    return ours, theirs
+def _features_dim(entry: NormEntry, shape: tuple[int, ...]) -> int:
+    return len(shape) - 1 if entry.features_arg == "normalized_shape" or len(shape) == 2 else 1
 
 
-def cases() -> list[Case]:
-    NN = normlab.nn
-    img, img_q = (32, 64, 48, 48), (2, 64, 8, 8)
-    seq, seq_q = (8192, 768), (64, 96)
-    img1d, img1d_q = (32, 64, 48 * 48), (2, 64, 64)
-    img3d, img3d_q = (4, 64, 8, 48, 48), (2, 64, 2, 4, 4)
-    lrn, lrn_q = (8, 64, 48, 48), (2, 64, 8, 8)
-    out = [
-        Case("BatchNorm1d", seq, seq_q, lambda c: _twin(NN.BatchNorm1d(c), nn.BatchNorm1d(c))),
-        Case("BatchNorm1d", seq, seq_q, lambda c: _twin(NN.BatchNorm1d(c), nn.BatchNorm1d(c)), mode="eval"),
-        Case("BatchNorm1d", img1d, img1d_q, lambda c: _twin(NN.BatchNorm1d(c), nn.BatchNorm1d(c))),
-        Case("BatchNorm2d", img, img_q, lambda c: _twin(NN.BatchNorm2d(c), nn.BatchNorm2d(c))),
-        Case("BatchNorm2d", img, img_q, lambda c: _twin(NN.BatchNorm2d(c), nn.BatchNorm2d(c)), channels_last=True),
-        Case("BatchNorm2d", img, img_q, lambda c: _twin(NN.BatchNorm2d(c), nn.BatchNorm2d(c)), mode="eval"),
-        Case(
-            "BatchNorm2d",
-            img,
-            img_q,
-            lambda c: _twin(NN.BatchNorm2d(c), nn.BatchNorm2d(c)),
-            mode="eval",
-            channels_last=True,
-        ),
-        Case("BatchNorm3d", img3d, img3d_q, lambda c: _twin(NN.BatchNorm3d(c), nn.BatchNorm3d(c))),
-        Case("GroupNorm(32)", img, img_q, lambda c: _twin(NN.GroupNorm(32, c), nn.GroupNorm(32, c))),
-        Case("InstanceNorm1d", img1d, img1d_q, lambda c: _twin(NN.InstanceNorm1d(c), nn.InstanceNorm1d(c))),
-        Case("InstanceNorm2d", img, img_q, lambda c: _twin(NN.InstanceNorm2d(c), nn.InstanceNorm2d(c))),
-        Case(
-            "InstanceNorm2d",
-            img,
-            img_q,
-            lambda c: _twin(NN.InstanceNorm2d(c), nn.InstanceNorm2d(c)),
-            channels_last=True,
-        ),
-        Case(
-            "InstanceNorm2d(affine)",
-            img,
-            img_q,
-            lambda c: _twin(NN.InstanceNorm2d(c, affine=True), nn.InstanceNorm2d(c, affine=True)),
-        ),
-        Case("InstanceNorm3d", img3d, img3d_q, lambda c: _twin(NN.InstanceNorm3d(c), nn.InstanceNorm3d(c))),
-        Case("LayerNorm", seq, seq_q, lambda c: _twin(NN.LayerNorm(c), nn.LayerNorm(c))),
-        Case("RMSNorm", seq, seq_q, lambda c: _twin(NN.RMSNorm(c), nn.RMSNorm(c))),
-        Case(
-            "LocalResponseNorm(5)",
-            lrn,
-            lrn_q,
-            lambda c: (NN.LocalResponseNorm(5), nn.LocalResponseNorm(5)),
-        ),
-        Case(
-            "LayerNorm2d",
-            img,
-            img_q,
-            lambda c: _twin(NN.LayerNorm2d(c), TimmLayerNorm2d(c)),
-            reference="timm",
-        ),
-        Case(
-            "LayerNorm2d",
-            img,
-            img_q,
-            lambda c: _twin(NN.LayerNorm2d(c), TimmLayerNorm2d(c)),
-            channels_last=True,
-            reference="timm",
-        ),
-    ]
+def large_shapes(entry: NormEntry) -> tuple[tuple[int, ...], ...]:
+    """The example's shapes grown: features fixed, the other dims of the first input doubled in turn."""
+    first = list(entry.example_shapes[0])
+    fdim = _features_dim(entry, tuple(first))
+    first[fdim] = TRAILING_FEATURES if fdim == len(first) - 1 else CHANNELS
+    factors = [1] * len(first)
+    grow = [d for d in range(len(first)) if d != fdim]
+    i = 0
+    while math.prod(first) < LARGE_NUMEL:
+        d = grow[i % len(grow)]
+        first[d] *= 2
+        factors[d] *= 2
+        i += 1
+    out = [tuple(first)]
+    for shape in entry.example_shapes[1:]:
+        # Other inputs (a condition): the batch and the spatial dims scaled as the first input's.
+        out.append(tuple(s * (factors[d] if d != 1 and d < len(factors) else 1) for d, s in enumerate(shape)))
+    return tuple(out)
+
+
+def cases(quick: bool = False) -> list[Case]:
+    out = []
+    for entry in normlab.NORMS.entries():
+        sizes = [("small", entry.example_shapes)]
+        if not quick:
+            sizes.append(("large", large_shapes(entry)))
+        for size, shapes in sizes:
+            variants = [Case(entry, size, shapes)]
+            if size == "large" or quick:  # the quick run smoke-tests every variant at the small size
+                if entry.statistics == "batch":
+                    variants.append(Case(entry, size, shapes, mode="eval"))
+                if len(shapes[0]) in (4, 5):
+                    variants.append(Case(entry, size, shapes, channels_last=True))
+            out += variants
     return out
 
 
-def run_case(case: Case, quick: bool, reps: int, warmup: int, flush: CacheFlusher | bool = True):
-    shape = case.quick_shape if quick else case.shape
+class _Bound(nn.Module):
+    """``m(x, *extra)`` as a module of one tensor (conditional norms: the condition is held fixed)."""
+
+    def __init__(self, inner: nn.Module, extra: tuple[torch.Tensor, ...]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.extra = extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x, *self.extra)
+
+
+class _Oracle(nn.Module):
+    """The registry's generic composition for ``module``'s mode and state (its parameters are this module's)."""
+
+    def __init__(self, entry: NormEntry, module: nn.Module) -> None:
+        super().__init__()
+        self.entry = entry
+        self.module = module
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.entry.oracle(self.module, *inputs)
+
+
+def _reference(entry: NormEntry, module: nn.Module) -> nn.Module:
+    """The torch twin holding ``module``'s state (the twin is its base class), else the oracle, else a copy."""
+    ref = copy.deepcopy(module)
+    if entry.torch_twin is not None:
+        mod_name, _, cls_name = entry.torch_twin.rpartition(".")
+        ref.__class__ = getattr(importlib.import_module(mod_name), cls_name)
+        return ref
+    return _Oracle(entry, ref) if entry.oracle is not None else ref
+
+
+@torch.no_grad()
+def _randomize(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.uniform_(0.5, 1.5)
+    for name, b in module.named_buffers():
+        if name.endswith("running_mean"):
+            b.normal_(0.0, 0.1)
+        elif name.endswith("running_var"):
+            b.uniform_(0.5, 1.5)
+
+
+def build(case: Case) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """normlab's module and its reference, each of one tensor, and the first input."""
     torch.manual_seed(0)
-    ours, theirs = case.make(shape[-1] if len(shape) == 2 else shape[1])
-    ours.train(case.mode == "train")
-    theirs.train(case.mode == "train")
-    x = torch.randn(shape)
+    entry = case.entry
+    shape = case.shapes[0]
+    features = None
+    if entry.features_arg is not None:
+        features = shape[_features_dim(entry, shape)]
+    ours = entry.build(features, **entry.example)
+    _randomize(ours)
+    theirs = _reference(entry, ours)
+    train = case.mode == "train"
+    ours.train(train)
+    theirs.train(train)
+    inputs = [torch.randn(s) for s in case.shapes]
     if case.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
-    return shape, compare(ours, theirs, x, reps=reps, warmup=warmup, flush=flush)
+        inputs = [
+            x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+            if x.dim() in (4, 5)
+            else x
+            for x in inputs
+        ]
+    if len(inputs) > 1:
+        extra = tuple(inputs[1:])
+        ours, theirs = _Bound(ours, extra), _Bound(theirs, extra)
+    return ours, theirs, inputs[0]
+
+
+def run_case(case: Case, reps: int, warmup: int, flush: CacheFlusher | bool = True):
+    ours, theirs, x = build(case)
+    return case.shapes[0], compare(ours, theirs, x, reps=reps, warmup=warmup, flush=flush)
 
 
 HEADER = (
@@ -154,35 +197,59 @@ SEP = "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|"
 
 
 def row(case: Case, shape, r) -> str:
+    has_ref = case.reference != "-"
+
+    def ref_cell(v):
+        return f"{v:.2f}" if has_ref else "-"
+
     cells = [
         case.name,
         "x".join(map(str, shape)),
         case.label,
         case.reference,
-        f"{r.fwd_ratio_to_ref:.2f}",
+        ref_cell(r.fwd_ratio_to_ref),
         f"{r.fwd_ratio_to_copy:.2f}",
-        f"{r.ref_fwd_ratio_to_copy:.2f}",
-        f"{r.fwdbwd_ratio_to_ref:.2f}",
+        ref_cell(r.ref_fwd_ratio_to_copy),
+        ref_cell(r.fwdbwd_ratio_to_ref),
         f"{r.fwdbwd_ratio_to_copy:.2f}",
-        f"{r.ref_fwdbwd_ratio_to_copy:.2f}",
+        ref_cell(r.ref_fwdbwd_ratio_to_copy),
         f"{1e3 * r.fwd_copy:.3f}",
     ]
     return "| " + " | ".join(cells) + " |"
 
 
-# (description, which rows, which ratio, limit): ratio <= limit is met.
+# (description, which rows, which ratio, limit): ratio <= limit is met. Rows: the large size only
+# (the targets are stated for tensors past the caches; small ones time the Python overhead).
+def _large(c: Case) -> bool:
+    return c.size == "large"
+
+
+def _named(name: str):
+    return lambda c: _large(c) and c.entry.name == name
+
+
 TARGETS = [
-    ("every module with a torch twin: forward <= 1.05x torch", lambda c: c.reference == "torch", "fwd/ref", 1.05),
-    ("every module with a torch twin: fwd+bwd <= 1.05x torch", lambda c: c.reference == "torch", "fwdbwd/ref", 1.05),
-    ("InstanceNorm2d forward >= 2x faster than torch", lambda c: c.name == "InstanceNorm2d", "fwd/ref", 0.5),
-    ("RMSNorm forward >= 2x faster than torch", lambda c: c.name == "RMSNorm", "fwd/ref", 0.5),
+    (
+        "every module with a torch twin: forward <= 1.05x torch",
+        lambda c: _large(c) and c.reference == "torch",
+        "fwd/ref",
+        1.05,
+    ),
+    (
+        "every module with a torch twin: fwd+bwd <= 1.05x torch",
+        lambda c: _large(c) and c.reference == "torch",
+        "fwdbwd/ref",
+        1.05,
+    ),
+    ("InstanceNorm2d forward >= 2x faster than torch", _named("instancenorm2d"), "fwd/ref", 0.5),
+    ("RMSNorm forward >= 2x faster than torch", _named("rmsnorm"), "fwd/ref", 0.5),
     (
         "BatchNorm2d training forward <= 2x copy",
-        lambda c: c.name == "BatchNorm2d" and c.mode == "train" and not c.channels_last,
+        lambda c: _named("batchnorm2d")(c) and c.mode == "train" and not c.channels_last,
         "fwd/copy",
         2.0,
     ),
-    ("LayerNorm forward <= 1.3x copy", lambda c: c.name == "LayerNorm", "fwd/copy", 1.3),
+    ("LayerNorm forward <= 1.3x copy", _named("layernorm"), "fwd/copy", 1.3),
 ]
 
 
@@ -226,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 200; quick: 5)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 5; quick: 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the machine's cores)")
-    ap.add_argument("--only", default=None, help="run only modules whose name contains this string")
+    ap.add_argument(
+        "--only", default=None, help="run only entries whose registry name, alias or class name contains this string"
+    )
     ap.add_argument(
         "--default-malloc",
         action="store_true",
@@ -247,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = (
         f"Machine: {info['cpu']}, {info['cores']} cores; torch {info['torch']}, {info['threads']} threads; "
         f"python {info['python']}; {info['date']}; {reps} interleaved reps (min), {warmup} warm-up; "
-        f"{'quick' if args.quick else 'full'} mode; float32; "
+        f"{'quick (small shapes only)' if args.quick else 'full (small and large shapes)'} mode; float32; "
         f"glibc trimming {'off (freed memory kept in the process)' if retained else 'on (default malloc)'}; "
         f"{cache_note}."
     )
@@ -258,10 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [HEADER, SEP]
     results = []
     t0, p0 = time.monotonic(), _cpu_pressure_total()
-    for case in cases():
-        if args.only and args.only not in case.name:
+    for case in cases(args.quick):
+        names = (case.entry.name, *case.entry.aliases, case.entry.cls.__name__)
+        if args.only and not any(args.only.lower() in n.lower() for n in names):
             continue
-        shape, r = run_case(case, args.quick, reps, warmup, flush)
+        shape, r = run_case(case, reps, warmup, flush)
         results.append((case, shape, r))
         line = row(case, shape, r)
         print(line, flush=True)
@@ -275,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     load += f"; load average at the end {os.getloadavg()[0]:.2f}."
     print()
     print(load)
-    # The targets are stated for the full shapes; tiny shapes only time the Python overhead.
+    # The targets are stated for the large shapes; the quick run has none.
     targets = [] if args.quick else check_targets(results)
     if targets:
         print()
@@ -304,13 +374,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _HOW = """
-Each row: normlab's module, its reference ("torch": the torch.nn twin; "timm":
-permute -> F.layer_norm -> permute) and `y.copy_(x)` of the same tensor, timed in
-one process with interleaved repetitions; each time is the minimum over the
+Each row: normlab's module (a registry entry with its example configuration),
+its reference ("torch": the torch.nn twin holding the same state; "generic":
+the registry's generic partition -> operation -> recovery composition, for
+entries torch lacks) and `y.copy_(x)` of the same tensor, timed in one
+process with interleaved repetitions; each time is the minimum over the
 repetitions (caches flushed before each call). Forward runs under `torch.no_grad()`; fwd+bwd is
 `y = m(x); y.backward(g)` with `x.requires_grad` (gradients reset to None).
 `x / ref < 1`: normlab is faster; `x / copy`: time in units of one copy of the
-input (the memory-bandwidth floor of a forward pass).
+input (the memory-bandwidth floor of a forward pass). Rows per entry: the
+example's shapes (small), then a large size (>= 4M elements), in eval mode
+too for batch-statistics entries and channels_last for 4-D/5-D input.
 """
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import normlab
 from normlab.cli import main
 from normlab.runs import RunIndex
 from test_report import Elements, decode_data_uri, png_size
@@ -122,6 +123,72 @@ def test_runs_lists_and_compares(reproduced: Path, tmp_path: Path, capsys):
     assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "nope"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
     assert main(["runs", "--out", str(tmp_path / "missing")]) == 2
+
+
+# --------------------------------------------------------------------------- list, info, check
+
+
+def test_list_prints_every_entry(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == normlab.list_norms()
+    for line, entry in zip(lines, normlab.NORMS.entries(), strict=True):
+        assert entry.cls.__name__ in line and entry.summary in line
+
+
+@pytest.mark.parametrize("name", normlab.list_norms())
+def test_info_shows_the_registry_fields(name, capsys):
+    entry = normlab.get_entry(name)
+    assert main(["info", entry.aliases[0] if entry.aliases else name]) == 0
+    out = capsys.readouterr().out
+    fields = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in out.splitlines()[2:]}
+    assert out.startswith(f"{entry.name}  (normlab.nn.{entry.cls.__name__})")
+    assert fields["statistics"].startswith(entry.statistics + " (")
+    assert fields["ranks"].startswith(", ".join(f"{r}D" for r in entry.ranks))
+    assert fields["inputs"] == f"forward({', '.join(entry.inputs)})"
+    assert fields["loads from"].startswith(entry.checkpoint_class or "-")
+    assert fields["torch twin"] == (entry.torch_twin or "-")
+    assert fields["paper"] == entry.paper and fields["formula"] == entry.formula
+    oracle = fields["oracle"]
+    if entry.oracle is None:
+        assert oracle.startswith("-")
+    else:
+        assert "lambda" in oracle or oracle.endswith(entry.oracle.__qualname__)
+    for rank, variant in entry.rank_variants.items():
+        assert f"{rank}D -> {variant}" in fields["ranks"]
+
+
+def test_info_unknown_name_exits_2(capsys):
+    assert main(["info", "nope"]) == 2
+    assert "unknown norm 'nope'" in capsys.readouterr().err
+
+
+def test_check_prints_a_row_per_entry_and_passes(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[2:] if line.strip() and not line.startswith(" ")]
+    rows = [r for r in rows if r[0] in normlab.list_norms()]
+    assert [r[0] for r in rows] == normlab.list_norms()
+    assert all(r[-1] == "yes" for r in rows), out
+    assert f"{len(rows)} of {len(rows)} norms match their references" in out
+    for r in rows:
+        entry = normlab.get_entry(r[0])
+        assert (entry.torch_twin or "generic composition").split()[0] == r[1]
+
+
+def test_check_fails_when_a_reference_disagrees(monkeypatch, capsys):
+    import normlab.check as check
+
+    real = check._reference
+
+    def off_by_a_bit(entry, module):
+        name, fn = real(entry, module)
+        return name, lambda *inputs: fn(*inputs) + 1e-3
+
+    monkeypatch.setattr(check, "_reference", off_by_a_bit)
+    assert main(["check", "gn", "spade"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: ['groupnorm', 'spade']" in out
 
 
 # --------------------------------------------------------------------------- the browser

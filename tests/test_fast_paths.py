@@ -485,3 +485,44 @@ def test_batch_norm_fast_path_double_backward(monkeypatch):
     (hf,) = torch.autograd.grad((gf * v).sum(), x)
     (ho,) = torch.autograd.grad((go * v).sum(), xo)
     assert_close(hf, ho, **TOL64)
+
+
+@pytest.mark.parametrize("shifted", [False, True], ids=["kernel-statistics", "shifted-rerun"])
+@pytest.mark.parametrize(
+    ("shape", "groups", "fmt"),
+    [((2, 6, 3, 4), 3, torch.channels_last), ((2, 4, 2, 3, 2), 2, torch.channels_last_3d), ((2, 6, 3, 4), 6, None)],
+    ids=["gn-4d", "gn-5d", "in-4d"],
+)
+def test_group_norm_channels_last_equals_generic(shifted, shape, groups, fmt, monkeypatch):
+    """The checked channels-last road (GroupNorm's, and InstanceNorm's Function, G = C) equals the generic
+    composition in float64 (outputs and gradients), on the kernel's own statistics and on the shifted rerun."""
+    fmt = fmt or torch.channels_last
+    if shifted:  # every group counts as ill-conditioned: the shifted rerun
+        monkeypatch.setattr(norms, "_CL_RAW_MAX_RATIO", 0.0)
+    if groups == shape[1]:
+        spy = _count_calls(monkeypatch, norms._InstanceNormChannelsLast)
+    else:
+        spy = []
+        original = norms._group_norm_channels_last
+        monkeypatch.setattr(norms, "_group_norm_channels_last", lambda *a: (spy.append(1), original(*a))[1])
+    x = _randn(*shape, seed=40, scale=1.5, shift=0.3).to(memory_format=fmt)
+    c = shape[1]
+
+    def fast(x, w, b):
+        if groups == c:
+            return norms.instance_norm(x, None, None, w, b, use_input_stats=True, eps=1e-4)
+        return norms.group_norm(x, groups, w, b, eps=1e-4)
+
+    y = _compare(fast, lambda x, w, b: generic.group_norm(x, groups, w, b, eps=1e-4), x, list(_affine(c)))
+    assert spy and y.is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("groups", [2, 6], ids=["gn", "in"])
+def test_group_norm_zero_eps_road_equals_generic(groups):
+    """eps=0 runs the batch-norm kernel on the (1, N*G, M) view: on ordinary input the generic numbers."""
+    x = _randn(2, 6, 3, 4, seed=41, shift=0.5)
+    if groups == 6:
+        fast = lambda x, w, b: norms.instance_norm(x, None, None, w, b, use_input_stats=True, eps=0.0)  # noqa: E731
+    else:
+        fast = lambda x, w, b: norms.group_norm(x, groups, w, b, eps=0.0)  # noqa: E731
+    _compare(fast, lambda x, w, b: generic.group_norm(x, groups, w, b, eps=0.0), x, list(_affine(6)))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import normlab
 import normlab.nn as nlnn
 from normlab.models import CNN, MLP, build_norm, init_weights, resnet_small, vgg_small
 from normlab.models import _Residual as Residual
@@ -71,6 +72,33 @@ def test_build_norm_errors():
         build_norm("rms", 8, 2)  # it would normalize over W, silently when W == C
     with pytest.raises(ValueError, match="unknown norm"):
         build_norm("zz", 8, 0)
+
+
+def _spec(entry) -> str:
+    args = ",".join(f"{k}={v}" for k, v in entry.example.items())
+    return f"{entry.name}:{args}" if args else entry.name
+
+
+@pytest.mark.parametrize("entry", normlab.NORMS.entries(), ids=lambda e: e.name)
+@pytest.mark.parametrize("spatial", [0, 1, 2, 3])
+def test_build_norm_follows_the_registry_for_every_entry(entry, spatial):
+    """Each entry after each layer: a module that normalizes the layer's output, or a clear ValueError."""
+    rank = spatial + 2
+    variant = entry.rank_variants.get(rank)
+    target = normlab.parse_spec(variant)[0] if variant else entry
+    if entry.features_arg == "normalized_shape":  # normalizes the last dim: the features only after a Linear
+        takes = rank == 2 and rank in entry.ranks
+    else:  # rank_variants, where given, list the batched ranks; other ranks are unbatched forms
+        takes = rank in entry.ranks and (not entry.rank_variants or rank in entry.rank_variants)
+    fits = entry.inputs == ("input",) and (variant is not None or takes)
+    if not fits:
+        with pytest.raises(ValueError, match=r"norm '.*' (needs|cannot|normalizes|takes forward)"):
+            build_norm(_spec(entry), 8, spatial)
+        return
+    m = build_norm(_spec(entry), 8, spatial)
+    assert type(m) is target.cls
+    x = torch.randn(4, 8, *(5,) * spatial)
+    assert m(x).shape == x.shape
 
 
 def test_layernorm_after_conv_is_wu_he_layernorm():

@@ -1,61 +1,95 @@
-"""The registry: names, aliases, spec strings, create_norm / get_norm / get_entry."""
+"""The registry: lookup, aliases, spec strings, create_norm; every entry's declared fields checked against behaviour.
+
+Generic over ``normlab.NORMS.entries()``: the statistics kind (a "batch"
+entry's training output depends on the other samples, a "sample" or "none"
+entry's does not), the accepted input ranks (and the others rejected), the
+forward's inputs, the oracle (equal to the module in float64 in train and
+eval), the torch class whose checkpoint loads strictly, the example.
+"""
 
 from __future__ import annotations
+
+import copy
+import functools
+import importlib
+import inspect
 
 import pytest
 import torch
 from torch import nn
+from torch.testing import assert_close
 
 import normlab
 from normlab import nn as nln
+from normlab.functional.checks import InvalidArgumentError
+from normtable import make_input, randomize
 
-EXPECTED = {
-    "batchnorm1d": nln.BatchNorm1d,
-    "batchnorm2d": nln.BatchNorm2d,
-    "batchnorm3d": nln.BatchNorm3d,
-    "layernorm": nln.LayerNorm,
-    "layernorm2d": nln.LayerNorm2d,
-    "layernorm3d": nln.LayerNorm3d,
-    "groupnorm": nln.GroupNorm,
-    "instancenorm1d": nln.InstanceNorm1d,
-    "instancenorm2d": nln.InstanceNorm2d,
-    "instancenorm3d": nln.InstanceNorm3d,
-    "rmsnorm": nln.RMSNorm,
-    "localresponsenorm": nln.LocalResponseNorm,
-}
+ENTRIES = normlab.NORMS.entries()
+ENTRY_IDS = [e.name for e in ENTRIES]
+for_every_entry = pytest.mark.parametrize("entry", ENTRIES, ids=ENTRY_IDS)
+TOL64 = {"rtol": 1e-10, "atol": 1e-10}
 
 
-def test_list_norms_covers_every_module_class():
-    names = normlab.list_norms()
-    assert len(names) == len(set(names))
-    assert set(EXPECTED) <= set(names), f"missing {sorted(set(EXPECTED) - set(names))}"
-    # Every class exported by normlab.nn is reachable from the registry (ChannelLayerNorm
-    # is the shared base of LayerNorm2d/3d).
-    exported = {getattr(nln, n) for n in nln.__all__} - {nln.ChannelLayerNorm}
-    assert exported <= {normlab.get_norm(n) for n in names}
+def _example(entry, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The example module in float64 with random parameters and running statistics, and its inputs."""
+    module = entry.build_example()
+    randomize(module, seed)
+    inputs = tuple(make_input(s, seed=10 * seed + i) for i, s in enumerate(entry.example_shapes))
+    return module.double(), inputs
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+def _torch_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+# ------------------------------------------------------------------ lookup
+
+
+# A few names and aliases, enough to prove that lookup works; the entries themselves are read from the registry.
+LOOKUP = {"bn": nln.BatchNorm2d, "batchnorm1d": nln.BatchNorm1d, "gn": nln.GroupNorm, "ln2d": nln.LayerNorm2d}
+
+
+@pytest.mark.parametrize("name", sorted(LOOKUP))
 def test_get_norm_returns_the_class(name):
-    cls = normlab.get_norm(name)
-    assert isinstance(cls, type) and issubclass(cls, nn.Module)
-    assert cls is EXPECTED[name]
+    assert normlab.get_norm(name) is LOOKUP[name]
 
 
-@pytest.mark.parametrize("name", normlab.list_norms())
-def test_entry_metadata(name):
-    entry = normlab.get_entry(name)
-    assert entry.name == name
+def test_list_norms_is_the_registry_and_reaches_every_exported_norm():
+    names = normlab.list_norms()
+    assert names == normlab.NORMS.names() and len(names) == len(set(names))
+    assert all(normlab.get_entry(n).name == n for n in names)
+    # Every norm class exported by normlab.nn is registered, except shared bases and weight-norm
+    # parametrizations (registered in WEIGHT_NORMS).
+    registered = {normlab.get_norm(n) for n in names}
+    parametrizations = {e.parametrization for e in normlab.WEIGHT_NORMS.entries()}
+    exported = [getattr(nln, n) for n in nln.__all__]
+    norms = {c for c in exported if inspect.isclass(c) and issubclass(c, nn.Module)} - parametrizations
+    bases = {c for c in norms if c not in registered and any(issubclass(r, c) for r in registered)}
+    assert norms - bases <= registered, (
+        f"exported but not registered: {sorted(c.__name__ for c in norms - bases - registered)}"
+    )
+
+
+@for_every_entry
+def test_entry_metadata(entry):
     assert entry.summary and entry.formula and entry.reduces and entry.paper
+    assert entry.statistics in ("batch", "sample", "none")
+    assert entry.ranks and all(isinstance(r, int) and r >= 1 for r in entry.ranks)
+    assert entry.inputs[0] == "input" and len(entry.inputs) == len(entry.example_shapes)
+    assert len(entry.example_shapes[0]) == entry.input_rank, "the example input has the first declared rank"
     if entry.torch_twin is not None:
-        twin = eval(entry.torch_twin, {"torch": torch})  # "torch.nn.X"
+        twin = _torch_class(entry.torch_twin)
         assert issubclass(entry.cls, twin), f"{entry.cls} should subclass its twin {twin}"
     defaults = entry.signature_defaults()
     assert "device" not in defaults and "dtype" not in defaults
+    for rank, spec in entry.rank_variants.items():
+        variant, _ = normlab.parse_spec(spec)
+        assert rank in variant.ranks, f"rank_variants[{rank}] = {spec!r} does not accept {rank}D input"
 
 
 def _all_aliases():
-    return [(a, n) for n in normlab.list_norms() for a in normlab.get_entry(n).aliases]
+    return [(a, e.name) for e in ENTRIES for a in e.aliases]
 
 
 @pytest.mark.parametrize(("alias", "name"), _all_aliases(), ids=[a for a, _ in _all_aliases()])
@@ -72,28 +106,149 @@ def test_aliases_are_unique():
     assert not set(aliases) & set(normlab.list_norms())
 
 
+# ------------------------------------------------------------------ declared fields vs behaviour
+
+
+@for_every_entry
+def test_example_builds_and_runs(entry):
+    module, inputs = _example(entry)
+    assert type(module) is entry.cls
+    for training in (True, False):
+        y = module.train(training)(*inputs)
+        assert y.shape == inputs[0].shape and y.dtype == inputs[0].dtype
+
+
+@for_every_entry
+def test_forward_takes_the_declared_inputs(entry):
+    params = list(inspect.signature(entry.cls.forward).parameters)[1:]
+    assert tuple(params) == entry.inputs, f"forward{tuple(params)} vs inputs={entry.inputs}"
+
+
+@for_every_entry
+def test_statistics_kind_matches_behaviour(entry):
+    """Change every sample but the first: a "batch" entry's training output for sample 0 moves, others' does not."""
+    module, inputs = _example(entry)
+    others = tuple(torch.cat([x[:1], 2.0 * x[1:] + 1.5]) for x in inputs)
+    with torch.no_grad():
+        y = copy.deepcopy(module).train()(*inputs)[0]
+        y_others = copy.deepcopy(module).train()(*others)[0]
+        y_eval = copy.deepcopy(module).eval()(*inputs)[0]
+    moved = not torch.allclose(y, y_others, rtol=1e-9, atol=1e-9)
+    if entry.statistics == "batch":
+        assert moved, "a 'batch' entry's training output must depend on the other samples of the batch"
+        assert normlab.statistics_kind(module) == "batch" and normlab.mode_dependent(module)
+    else:
+        assert not moved, f"a {entry.statistics!r} entry's output must not depend on the other samples"
+        assert normlab.statistics_kind(module) == entry.statistics
+    if entry.statistics == "none":
+        assert_close(y, y_eval, **TOL64, msg="a 'none' entry computes the same function in train and eval")
+
+
+def _candidate_shapes(example: tuple[int, ...], rank: int) -> set[tuple[int, ...]]:
+    """Shapes of ``rank`` dims made from the example's: leading or trailing dims kept, or dims added."""
+    k = len(example)
+    if rank <= k:
+        return {example[:rank], example[k - rank :]}
+    return {example + (3,) * (rank - k), (2,) * (rank - k) + example}
+
+
+# Ranks 1 to 5 (up to 3-D volumes) are the ones entries declare; rank-agnostic norms
+# (GroupNorm, LRN, ...) also take higher ranks without declaring them.
+CHECKED_RANKS = range(1, 6)
+
+
+@for_every_entry
+def test_declared_ranks_are_accepted_and_others_rejected(entry):
+    module, inputs = _example(entry)
+    example = entry.example_shapes[0]
+    for rank in CHECKED_RANKS:
+        results = {}
+        for shape in sorted(_candidate_shapes(example, rank)):
+            try:
+                with torch.no_grad():
+                    y = copy.deepcopy(module)(make_input(shape), *inputs[1:])
+                results[shape] = tuple(y.shape) == shape or f"output {tuple(y.shape)}"
+            except (ValueError, TypeError) as err:
+                results[shape] = f"{type(err).__name__}: {err}"
+        if rank in entry.ranks:
+            assert any(r is True for r in results.values()), f"declared rank {rank} is not accepted: {results}"
+        else:
+            accepted = [s for s, r in results.items() if r is True]
+            assert not accepted, f"rank {rank} is not declared in ranks={entry.ranks} but {accepted} is accepted"
+
+
+@for_every_entry
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_oracle_equals_the_module_in_float64(entry, training):
+    if entry.oracle is None:
+        pytest.skip(f"{entry.name}: the module is its own generic composition (oracle=None)")
+    module, inputs = _example(entry)
+    module.train(training)
+    want = entry.oracle(copy.deepcopy(module), *inputs)  # before the forward moves any running statistics
+    got = module(*inputs)
+    assert want.dtype == torch.float64
+    assert_close(got, want, **TOL64)
+
+
+def _torch_module_like(cls: type, module: nn.Module) -> nn.Module:
+    """``cls`` built with ``module``'s constructor values, read from its attributes by parameter name.
+
+    A parameter/bias attribute stands for ``True`` (present) or ``None`` for ``False``.
+    """
+    kwargs = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in ("self", "device", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if not hasattr(module, name):
+            if p.default is p.empty:
+                raise AssertionError(f"{type(module).__name__} has no attribute for {cls.__name__}'s {name!r}")
+            continue
+        value = getattr(module, name)
+        if isinstance(value, torch.Tensor) or (value is None and isinstance(p.default, bool)):
+            value = value is not None
+        kwargs[name] = value
+    return cls(**kwargs).double()
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.checkpoint_class], ids=lambda e: e.name)
+def test_checkpoint_class_loads_strictly_both_ways(entry):
+    module, inputs = _example(entry)
+    theirs = _torch_module_like(_torch_class(entry.checkpoint_class), module)
+    theirs.load_state_dict(module.state_dict(), strict=True)
+    with torch.no_grad():
+        for t in theirs.state_dict().values():
+            t.add_(1 if not t.is_floating_point() else 0.5)
+    back, _ = _example(entry, seed=3)
+    back.load_state_dict(theirs.state_dict(), strict=True)
+    for key, t in theirs.state_dict().items():
+        assert torch.equal(back.state_dict()[key], t), key
+    if entry.torch_twin is not None:  # the same contract: the same outputs, in train and eval
+        for training in (True, False):
+            with torch.no_grad():
+                a = copy.deepcopy(back).train(training)(*inputs)
+                b = copy.deepcopy(theirs).train(training)(*inputs)
+            assert_close(a, b, **TOL64)
+
+
+# ------------------------------------------------------------------ create_norm and specs
+
+
 @pytest.mark.parametrize(
     ("spec", "features", "cls", "attrs"),
     [
         ("bn", 8, nln.BatchNorm2d, {"num_features": 8, "momentum": 0.1, "eps": 1e-5}),
         ("bn1d", 8, nln.BatchNorm1d, {"num_features": 8}),
-        ("bn3d", 8, nln.BatchNorm3d, {"num_features": 8}),
         ("gn", 64, nln.GroupNorm, {"num_groups": 32, "num_channels": 64}),
-        ("gn:32", 64, nln.GroupNorm, {"num_groups": 32, "num_channels": 64, "group_size": 2}),
         ("gn:8", 64, nln.GroupNorm, {"num_groups": 8, "group_size": 8}),
         ("gn:group_size=16", 64, nln.GroupNorm, {"num_groups": 4, "group_size": 16}),
         ("gn:num_groups=2,eps=1e-3,affine=false", 6, nln.GroupNorm, {"num_groups": 2, "eps": 1e-3, "affine": False}),
         ("ln", 16, nln.LayerNorm, {"normalized_shape": (16,)}),
         ("ln:eps=1e-6,bias=false", 16, nln.LayerNorm, {"normalized_shape": (16,), "eps": 1e-6, "bias": None}),
-        ("ln2d", 32, nln.LayerNorm2d, {"num_channels": 32, "eps": 1e-5}),
-        ("ln2d:eps=1e-6", 32, nln.LayerNorm2d, {"eps": 1e-6}),
-        ("ln3d", 4, nln.LayerNorm3d, {"num_channels": 4}),
+        ("ln2d:eps=1e-6", 32, nln.LayerNorm2d, {"num_channels": 32, "eps": 1e-6}),
         ("in", 8, nln.InstanceNorm2d, {"num_features": 8, "affine": False, "track_running_stats": False}),
         ("in1d:affine=true", 8, nln.InstanceNorm1d, {"affine": True}),
         ("rms", 16, nln.RMSNorm, {"normalized_shape": (16,), "eps": None}),
-        ("rms:eps=1e-6", 16, nln.RMSNorm, {"eps": 1e-6}),
         ("lrn", None, nln.LocalResponseNorm, {"size": 5}),
-        ("lrn:3", None, nln.LocalResponseNorm, {"size": 3, "alpha": 1e-4, "beta": 0.75, "k": 1.0}),
         ("lrn:3,alpha=0.5,k=2", None, nln.LocalResponseNorm, {"size": 3, "alpha": 0.5, "k": 2}),
         ("bn:momentum=0.01,eps=1e-3", 8, nln.BatchNorm2d, {"momentum": 0.01, "eps": 1e-3}),
         ("bn:momentum=none", 8, nln.BatchNorm2d, {"momentum": None}),
@@ -112,12 +267,26 @@ def test_create_norm_builds_the_right_module(spec, features, cls, attrs):
             assert got == want and type(got) is type(want), f"{key}: {got!r} != {want!r}"
 
 
-def test_created_modules_run():
-    x = torch.randn(2, 64, 4, 4)
-    for spec in ("bn", "gn:32", "gn:group_size=16", "ln2d", "in", "lrn:3"):
-        assert normlab.create_norm(spec, 64)(x).shape == x.shape
-    assert normlab.create_norm("ln", 4)(x[..., :4]).shape == (2, 64, 4, 4)
-    assert normlab.create_norm("rms", 4)(x).shape == x.shape
+@for_every_entry
+def test_create_norm_by_name_alias_and_class(entry):
+    features = entry.example_features()
+    by_name = normlab.create_norm(entry.name, features, **entry.example)
+    assert type(by_name) is entry.cls
+    for alias in entry.aliases:
+        assert type(normlab.create_norm(alias, features, **entry.example)) is entry.cls
+    # A registered class gets the registry's num_features keyword and defaults.
+    by_class = normlab.create_norm(entry.cls, features, **entry.example)
+    assert type(by_class) is entry.cls and repr(by_class) == repr(by_name)
+
+
+def test_create_norm_with_a_class_or_partial():
+    assert normlab.create_norm(nln.GroupNorm, 64).num_groups == 32  # the registry's default
+    gn = normlab.create_norm(functools.partial(nln.GroupNorm, 4), 8)  # called as spec(num_features)
+    assert type(gn) is nln.GroupNorm and (gn.num_groups, gn.num_channels) == (4, 8)
+    bn = normlab.create_norm(nn.BatchNorm2d, 3, momentum=0.2)  # a class the registry does not know
+    assert type(bn) is nn.BatchNorm2d and bn.num_features == 3 and bn.momentum == 0.2
+    lrn = normlab.create_norm(functools.partial(nn.LocalResponseNorm, 3))  # no num_features
+    assert type(lrn) is nn.LocalResponseNorm and lrn.size == 3
 
 
 def test_kwargs_override_spec():
@@ -126,6 +295,7 @@ def test_kwargs_override_spec():
     assert normlab.create_norm("gn:32", 64, num_groups=8).num_groups == 8
     assert normlab.create_norm("gn", 64, num_groups=4).num_groups == 4  # over the registry default (32)
     assert normlab.create_norm("gn", 64, group_size=16).num_groups == 4
+    assert normlab.create_norm("gn:group_size=16", 64, num_groups=2).num_groups == 2
     assert normlab.create_norm("lrn:3", size=7).size == 7
     assert normlab.create_norm("ln2d:eps=1e-6", 8, eps=1e-3).eps == 1e-3
 
@@ -144,9 +314,51 @@ def test_parse_spec():
     assert type(kwargs["num_groups"]) is int
     _, kwargs = normlab.parse_spec("bn:momentum=None")
     assert kwargs == {"momentum": None}
+    _, kwargs = normlab.parse_spec(" gn : 4 ")
+    assert kwargs == {"num_groups": 4}
+
+
+@pytest.mark.parametrize(
+    ("spec", "features", "error", "match"),
+    [
+        ("zz", 8, ValueError, r"unknown norm 'zz'; known names and aliases: .*batchnorm2d"),
+        ("", 8, TypeError, r"a norm spec must be a non-empty string, got ''"),
+        (" ", 8, TypeError, r"a norm spec must be a non-empty string"),
+        (
+            3,
+            8,
+            TypeError,
+            r"create_norm expected a norm name or spec string, a module class or a functools.partial, got int 3",
+        ),
+        (None, 8, TypeError, r"got NoneType None"),
+        (
+            "bn:0.1",
+            8,
+            ValueError,
+            r"cannot parse '0.1' in norm spec 'bn:0.1': only the first argument may be positional",
+        ),
+        ("gn:4,8", 8, ValueError, r"cannot parse '8' in norm spec 'gn:4,8'.*write key=value"),
+        ("gn:abc", 8, InvalidArgumentError, r"num_groups"),
+        ("bn:foo=1", 8, TypeError, r"create_norm\('bn:foo=1', 8\): .*foo"),
+        ("gn", None, TypeError, r"norm 'groupnorm' needs num_features"),
+        ("gn:num_groups=2,group_size=4", 8, InvalidArgumentError, r"give one of num_groups and group_size"),
+    ],
+)
+def test_spec_errors(spec, features, error, match):
+    with pytest.raises(error, match=match):
+        normlab.create_norm(spec, features)
 
 
 def test_register_norm_rejects_duplicates():
     entry = normlab.get_entry("bn")
     with pytest.raises(ValueError, match="norm name 'batchnorm2d' is already registered"):
         normlab.register_norm(entry)
+
+
+def test_entry_rejects_bad_declarations():
+    entry = normlab.get_entry("bn")
+    fields = {f: getattr(entry, f) for f in entry.__dataclass_fields__}
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        normlab.NormEntry(**{**fields, "statistics": "running"})
+    with pytest.raises(ValueError, match="one example shape per input"):
+        normlab.NormEntry(**{**fields, "example_shapes": ()})

@@ -1,10 +1,26 @@
-"""Self-check: every registered norm against its reference on random data.
+"""Self-check: every registered norm against its references on random data.
 
-References: the torch.nn twin where torch has the layer (loaded with the
-same state_dict), otherwise an independent formula written with torch ops
-(LayerNorm2d/3d: permute -> layer_norm -> permute); and for every norm the
-generic partition -> operation -> recovery composition (the oracle its fast
-path must equal). Used by ``normlab check`` and ``normlab tour``.
+For each registry entry, its example configuration (``entry.example`` at the
+size of ``entry.example_shapes``, every forward input, conditional norms
+too) is run with random parameters and running statistics and compared with
+
+- the torch twin (``entry.torch_twin``: the same state, torch's forward) where
+  torch has the layer, otherwise the generic partition -> operation ->
+  recovery composition (``entry.oracle``);
+- in float64, the oracle as well (the composition its fast path must equal).
+
+Outputs and the gradients of every input are compared in float64, outputs in
+float32 (errors are ``max |out - ref|`` in units of ``max(1, max |ref|)``);
+entries whose eval mode computes another function (running statistics) are
+checked in both modes. Nothing here knows a norm by name:
+everything comes from the registry. Used by ``normlab check`` and ``normlab tour``.
+
+Example::
+
+    >>> from normlab.check import check_norm
+    >>> row = check_norm("groupnorm")
+    >>> row.reference, row.ok
+    ('torch.nn.GroupNorm', True)
 """
 
 from __future__ import annotations
@@ -14,21 +30,9 @@ import importlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .functional import generic
-from .registry import NormEntry, get_entry, list_norms
-
-_EXAMPLE_SHAPES = {2: (16, 8), 3: (8, 8, 20), 4: (8, 8, 12, 12), 5: (4, 8, 4, 6, 6)}
-NUM_FEATURES = 8
-# Options that make the example exercise the whole layer at NUM_FEATURES channels.
-_CHECK_KWARGS = {
-    "groupnorm": {"num_groups": 4},
-    "instancenorm1d": {"affine": True},
-    "instancenorm2d": {"affine": True},
-    "instancenorm3d": {"affine": True},
-}
+from .registry import NormEntry, get_entry, list_norms, mode_dependent
 
 
 @dataclass
@@ -51,80 +55,87 @@ class CheckRow:
 
 
 def _torch_twin(entry: NormEntry, module: nn.Module) -> nn.Module | None:
+    """A copy of ``module`` running torch's forward (the twin is a base class: same attributes and state)."""
     if entry.torch_twin is None:
         return None
     mod_name, _, cls_name = entry.torch_twin.rpartition(".")
     cls = getattr(importlib.import_module(mod_name), cls_name)
     twin = copy.deepcopy(module)
-    twin.__class__ = cls  # same attributes and state; torch's forward
+    twin.__class__ = cls
     return twin
 
 
-def _affine_channels_last_ln(m: nn.Module, x: Tensor) -> Tensor:
-    perm = [0, *range(2, x.dim()), 1]
-    inv = [0, x.dim() - 1, *range(1, x.dim() - 1)]
-    y = F.layer_norm(x.permute(perm), (x.shape[1],), m.weight, m.bias, m.eps)
-    return y.permute(inv)
-
-
-def _generic(entry: NormEntry, m: nn.Module, x: Tensor) -> Tensor:
-    """The generic composition for the module's current mode (batch statistics)."""
-    name = entry.name
-    if name.startswith("batchnorm"):
-        return generic.batch_norm(x, m.weight, m.bias, m.eps)[0]
-    if name.startswith("instancenorm"):
-        return generic.instance_norm(x, m.weight, m.bias, m.eps)[0]
-    if name == "groupnorm":
-        return generic.group_norm(x, m.num_groups, m.weight, m.bias, m.eps)
-    if name == "layernorm":
-        return generic.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
-    if name in ("layernorm2d", "layernorm3d"):
-        return generic.channel_layer_norm(x, m.weight, m.bias, m.eps)
-    if name == "rmsnorm":
-        return generic.rms_norm(x, m.normalized_shape, m.weight, m.eps)
-    if name == "localresponsenorm":
-        # LRN has no statistics to partition; its reference is torch's own formula.
-        return F.local_response_norm(x, m.size, m.alpha, m.beta, m.k)
-    raise KeyError(f"no generic composition registered for {name!r}")
-
-
-def _reference(entry: NormEntry, m: nn.Module, x: Tensor) -> tuple[str, Tensor]:
-    twin = _torch_twin(entry, m)
+def _reference(entry: NormEntry, module: nn.Module):
+    """``(name, fn(*inputs))``: the torch twin, else the oracle, else None (nothing independent to check)."""
+    twin = _torch_twin(entry, module)
     if twin is not None:
-        return entry.torch_twin, twin(x)
-    if entry.name in ("layernorm2d", "layernorm3d"):
-        return "permute -> F.layer_norm -> permute", _affine_channels_last_ln(m, x)
-    return "generic composition", _generic(entry, m, x)
+        return entry.torch_twin, twin
+    if entry.oracle is not None:
+        oracle_module = copy.deepcopy(module)
+        return "generic composition", lambda *inputs: entry.oracle(oracle_module, *inputs)
+    return None
 
 
-def _example(entry: NormEntry, dtype: torch.dtype, seed: int) -> tuple[nn.Module, Tensor]:
+@torch.no_grad()
+def _randomize(module: nn.Module, gen: torch.Generator) -> None:
+    """Random parameters (N(0, 1)); random running means and positive running variances."""
+    for p in module.parameters():
+        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    for name, b in module.named_buffers():
+        if name.endswith("running_mean"):
+            b.copy_(0.3 * torch.randn(b.shape, generator=gen, dtype=torch.float64))
+        elif name.endswith("running_var"):
+            b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=torch.float64))
+
+
+def _example(entry: NormEntry, dtype: torch.dtype, seed: int) -> tuple[nn.Module, tuple[Tensor, ...]]:
     gen = torch.Generator().manual_seed(seed)
-    shape = _EXAMPLE_SHAPES[entry.input_rank]
-    features = shape[-1] if entry.features_arg == "normalized_shape" else NUM_FEATURES
-    module = entry.build(features, **_CHECK_KWARGS.get(entry.name, {})).to(dtype)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=dtype))
-    x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 0.5).requires_grad_()
-    return module, x
+    module = entry.build_example()
+    _randomize(module, gen)
+    module = module.to(dtype)
+    inputs = tuple(
+        (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5).to(dtype).requires_grad_()
+        for shape in entry.example_shapes
+    )
+    return module, inputs
+
+
+def _max_err(a: Tensor, b: Tensor) -> float:
+    """``max |a - b|`` in units of ``max(1, max |b|)``: roundoff grows with the outputs' magnitude
+    (a conditional norm's predicted scale makes outputs of hundreds), O(1) outputs read as absolute errors."""
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).abs().max() / b.abs().max().clamp(min=1.0)).item()
 
 
 def check_norm(name: str, seed: int = 0) -> CheckRow:
+    """Max errors of one norm's example against its reference (and oracle), as a :class:`CheckRow`."""
     entry = get_entry(name)
-    errs = {}
+    errs = {torch.float64: 0.0, torch.float32: 0.0}
+    grad_err = 0.0
+    ref_name = "-"
     for dtype in (torch.float64, torch.float32):
-        module, x = _example(entry, dtype, seed)
-        ref_name, ref = _reference(entry, copy.deepcopy(module), x)
-        out = module(x)
-        errs[dtype] = (out - ref).abs().max().item()
-        if dtype == torch.float64:
-            gen_err = (out - _generic(entry, module, x)).abs().max().item()
-            errs[dtype] = max(errs[dtype], gen_err)
-            g = torch.randn_like(out)
-            gx = torch.autograd.grad(out, x, g)[0]
-            gx_ref = torch.autograd.grad(ref, x, g)[0]
-            grad_err = (gx - gx_ref).abs().max().item()
-    return CheckRow(name, ref_name, errs[torch.float64], grad_err, errs[torch.float32])
+        module, inputs = _example(entry, dtype, seed)
+        for training in (True, False) if mode_dependent(module) else (True,):
+            module.train(training)
+            reference = _reference(entry, module)  # a copy with the state before this forward
+            oracle_module = copy.deepcopy(module)
+            out = module(*inputs)
+            if reference is None:
+                ref_name = "(none: the module is the composition)"
+                continue
+            ref_name, ref_fn = reference
+            ref = ref_fn(*inputs)
+            errs[dtype] = max(errs[dtype], _max_err(out, ref))
+            if dtype != torch.float64:
+                continue
+            if entry.oracle is not None:
+                errs[dtype] = max(errs[dtype], _max_err(out, entry.oracle(oracle_module, *inputs)))
+            g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=out.dtype)
+            got = torch.autograd.grad(out, inputs, g, allow_unused=True)
+            want = torch.autograd.grad(ref, inputs, g, allow_unused=True)
+            for x, a, b in zip(inputs, got, want, strict=True):  # None: the output does not depend on x
+                grad_err = max(grad_err, _max_err(x * 0 if a is None else a, x * 0 if b is None else b))
+    return CheckRow(entry.name, ref_name, errs[torch.float64], grad_err, errs[torch.float32])
 
 
 def check_all(seed: int = 0) -> list[CheckRow]:

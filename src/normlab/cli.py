@@ -19,6 +19,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _oracle_name(e) -> str:
+    if e.oracle is None:
+        return "- (the module is its own generic composition)"
+    name = getattr(e.oracle, "__qualname__", type(e.oracle).__name__)
+    where = getattr(e.oracle, "__module__", "?")
+    return f"a lambda in {where}" if name == "<lambda>" else f"{where}.{name}"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     try:
         e = get_entry(args.name)
@@ -28,15 +36,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
     defaults = ", ".join(f"{k}={v!r}" for k, v in e.signature_defaults().items() if k != e.features_arg)
     spec = f"{e.aliases[0] if e.aliases else e.name}" + (f":<{e.primary}>" if e.primary else "")
     features = f"num_features -> {e.features_arg}" if e.features_arg else "num_features unused"
+    kinds = {
+        "batch": "batch statistics in training, running statistics in eval",
+        "sample": "per-sample statistics (train = eval)",
+        "none": "no statistics",
+    }
+    variants = ", ".join(f"{r}D -> {v}" for r, v in sorted(e.rank_variants.items())) or "-"
+    example = ", ".join(f"{k}={v!r}" for k, v in e.example.items())
+    shapes = ", ".join(f"{n} {tuple(s)}" for n, s in zip(e.inputs, e.example_shapes, strict=True))
+    create_example = f"create_norm({e.name!r}, {e.example_features()}{', ' + example if example else ''})"
+    loads = f"{e.checkpoint_class} (its state_dict loads strictly, both ways)" if e.checkpoint_class else "-"
     print(
         f"{e.name}  (normlab.nn.{e.cls.__name__})\n"
         f"  {e.summary}\n"
         f"  formula:    {e.formula}\n"
         f"  reduces:    {e.reduces}\n"
+        f"  statistics: {e.statistics} ({kinds[e.statistics]})\n"
+        f"  ranks:      {', '.join(f'{r}D' for r in e.ranks)}  (other ranks: {variants})\n"
+        f"  inputs:     forward({', '.join(e.inputs)})\n"
         f"  defaults:   {defaults}\n"
         f"  create:     normlab.create_norm({spec!r}, num_features)   ({features})\n"
+        f"  example:    {create_example} on {shapes}\n"
         f"  aliases:    {', '.join(e.aliases) or '-'}\n"
         f"  torch twin: {e.torch_twin or '-'}\n"
+        f"  loads from: {loads}\n"
+        f"  oracle:     {_oracle_name(e)}\n"
         f"  paper:      {e.paper}"
     )
     return 0

@@ -362,7 +362,7 @@ for _entry in (
         reduces="per sample over the trailing normalized_shape dims",
         paper="Ba, Kiros & Hinton 2016, Layer Normalization, arXiv:1607.06450",
         statistics="sample",
-        ranks=(3, 2, 4, 5),
+        ranks=(3, 1, 2, 4, 5),
         oracle=_oracle_ln,
         example={},
         example_shapes=((8, 8, 20),),
@@ -432,7 +432,7 @@ for _entry in (
         reduces="per sample over the trailing normalized_shape dims",
         paper="Zhang & Sennrich 2019, Root Mean Square Layer Normalization, arXiv:1910.07467",
         statistics="sample",
-        ranks=(3, 2, 4),
+        ranks=(3, 1, 2, 4, 5),
         oracle=_oracle_rms,
         example={},
         example_shapes=((8, 8, 20),),
@@ -462,17 +462,202 @@ for _entry in (
 ):
     register_norm(_entry)
 
-# --- new families register below, one block each (keep the blocks apart: helpers edit them)
-# <ghost-batch-norm>
-# </ghost-batch-norm>
-# <iternorm>
-# </iternorm>
-# <switchable-norm>
-# </switchable-norm>
-# <spade>
-# </spade>
-# <weight-standardization>
-# </weight-standardization>
+# --- batch-statistics variants
+
+
+def _oracle_ghost_bn(m, x):
+    """Per ghost batch (``x.split(B)``, the last may be smaller): BN partition -> standardize; channel affine."""
+    import torch
+
+    from .functional.partition import BatchPartition
+    from .functional.recovery import channel_affine
+
+    def batch() -> Tensor:
+        ys = [BatchPartition().standardize(chunk, m.eps)[0] for chunk in x.split(m.virtual_batch_size)]
+        return channel_affine(torch.cat(ys), m.weight, m.bias).to(x.dtype)
+
+    return _running_or(m, batch, x)
+
+
+register_norm(
+    NormEntry(
+        name="ghostbatchnorm",
+        cls=nlnn.GhostBatchNorm,
+        summary="Ghost batch normalization: BN on ghost batches of virtual_batch_size samples; running stats in eval",
+        formula=_BN + " with (mean, var) of each ghost batch x.split(virtual_batch_size) (the last may be smaller); "
+        "running stats: one update per step with the whole batch's pooled moments (as BatchNorm's)",
+        reduces="per (ghost batch, channel) over (the ghost batch's samples, *spatial)",
+        paper="Hoffer, Hubara & Soudry 2017, Train longer, generalize better, arXiv:1705.08741",
+        statistics="batch",
+        ranks=(4, 2, 3, 5),
+        oracle=_oracle_ghost_bn,
+        example={"virtual_batch_size": 4},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("ghostbn", "gbn"),
+        primary="virtual_batch_size",
+        loads_from="torch.nn.BatchNorm2d",
+        family="batch",
+    )
+)
+
+
+# --- whitening
+def _oracle_iternorm(m, x):
+    """IterNorm by the generic road in float64: group to (R, D, M), covariance, Newton, apply, ungroup, affine."""
+    import torch
+
+    from .functional import BatchPartition, Whitening, apply_whitening, channel_affine, estimate_covariance
+    from .functional.whitening import newton_schulz_whitening
+
+    x64 = x.to(torch.float64)
+    part = BatchPartition(m.group_size)
+    xg = part.group(x64)  # (G, d, N*S): a permuted copy
+    if m.training or m.running_mean is None:
+        cov = estimate_covariance(xg, 1, (2,))
+        whitening = Whitening(cov.mean, newton_schulz_whitening(cov.cov, m.T, m.eps))
+    else:
+        whitening = Whitening(
+            m.running_mean.to(torch.float64).view(m.num_groups, m.group_size), m.running_wm.to(torch.float64)
+        )
+    y = part.ungroup(apply_whitening(xg, whitening, 1, (2,)), tuple(x.shape))
+    w, b = (None if p is None else p.to(torch.float64) for p in (m.weight, m.bias))
+    return channel_affine(y, w, b)
+
+
+register_norm(
+    NormEntry(
+        name="iternorm",
+        cls=nlnn.IterNorm,
+        summary="Iterative normalization: whiten groups of channels with batch statistics by Newton-Schulz steps",
+        formula=(
+            "Sigma = Xc Xc^T / M + eps I; Sigma_N = Sigma / tr(Sigma); P_0 = I; "
+            "P_k = 1.5 P_{k-1} - 0.5 P_{k-1}^3 Sigma_N (k = 1..T); W = P_T / sqrt(tr(Sigma)); "
+            "y = W Xc * weight + bias; running: EMA of the mean and of W"
+        ),
+        reduces="per group of group_size consecutive channels (coupled) over (N, *spatial)",
+        paper=(
+            "Huang, Zhou, Zhu, Liu & Shao 2019, Iterative Normalization: Beyond Standardization towards "
+            "Efficient Whitening (CVPR), arXiv:1904.03441"
+        ),
+        statistics="batch",
+        ranks=(4, 2, 3, 5),
+        oracle=_oracle_iternorm,
+        example={"group_size": 4, "T": 5},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("itn",),
+        primary="group_size",
+        family="whitening",
+    )
+)
+# --- mixtures
+register_norm(
+    NormEntry(
+        name="switchablenorm",
+        cls=nlnn.SwitchableNorm,
+        summary="Switchable normalization: a learned softmax mixture of the IN, LN and BN statistics",
+        formula=(
+            "mu = sum_k softmax(mean_weight)_k mu_k, var = sum_k softmax(var_weight)_k var_k, k in (IN, LN, BN); "
+            "y = (x - mu) / sqrt(var + eps) * weight + bias; running BN stats as BatchNorm (torch momentum form)"
+        ),
+        reduces="IN per (sample, channel) over *spatial; LN per sample over (C, *spatial); BN per channel over "
+        "(N, *spatial); LN and BN pooled exactly from the IN moments",
+        paper="Luo, Ren, Peng, Zhang & Li 2019, Differentiable Learning-to-Normalize via Switchable Normalization "
+        "(ICLR), arXiv:1806.10779",
+        statistics="batch",
+        ranks=(4, 3, 5),
+        oracle=lambda m, x: _oracle_sn(m, x),  # defined below (a def first would reformat above)
+        example={},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("sn", "switchnorm"),
+        family="mixture",
+    )
+)
+
+
+def _oracle_sn(m, x):
+    """Switchable Norm as the generic composition (each component's moments by its own partition), float64."""
+    from .functional.mixture import switchable_norm_generic
+
+    def f64(t):
+        return None if t is None else t.detach().double()
+
+    eval_running = not m.training and getattr(m, "running_mean", None) is not None
+    return switchable_norm_generic(
+        x.double(),
+        f64(m.mean_weight),
+        f64(m.var_weight),
+        f64(m.weight),
+        f64(m.bias),
+        running_mean=f64(m.running_mean) if eval_running else None,
+        running_var=f64(m.running_var) if eval_running else None,
+        using_bn=m.using_bn,
+        eps=m.eps,
+    )
+
+
+# --- conditional recovery
+register_norm(
+    NormEntry(
+        name="spade",
+        cls=nlnn.SPADE,
+        summary="Spatially-adaptive normalization: a parameter-free norm (BN), then a per-position scale and "
+        "shift predicted by convolutions of a semantic map",
+        formula="m = nearest_resize(condition, (H, W)); a = relu(conv_shared(m)); "
+        "y = norm(x) * (1 + conv_gamma(a)) + conv_beta(a)",
+        reduces="as the inner parameter-free norm (default BN: per channel over (N, H, W)); the recovery is per "
+        "(sample, channel, position)",
+        paper="Park, Liu, Wang & Zhu 2019, Semantic Image Synthesis with Spatially-Adaptive Normalization (CVPR), "
+        "arXiv:1903.07291",
+        statistics="batch",
+        ranks=(4,),
+        oracle=lambda m, x, condition: _oracle_spade(m, x, condition),  # defined below
+        example={"label_nc": 3, "hidden": 8},
+        example_shapes=((8, 8, 12, 12), (8, 3, 6, 6)),
+        inputs=("input", "condition"),
+        primary="label_nc",
+        family="conditional",
+    )
+)
+
+
+def _oracle_spade(m, x, condition):
+    """The inner norm's own oracle (its current mode) -> nearest resize -> conv, relu, convs -> modulate."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from .functional.recovery import modulate
+
+    inner = m.param_free_norm
+    entry = entry_for_module(inner)
+    if entry is not None and entry.oracle is not None:
+        y = entry.oracle(inner, x)
+    else:  # a module that is its own composition (or a user's class): run a copy, keep the state
+        y = copy.deepcopy(inner)(x)
+    shared, conv_g, conv_b = m.mlp_shared[0], m.mlp_gamma, m.mlp_beta
+    segmap = F.interpolate(condition, size=tuple(x.shape[2:]), mode="nearest").to(shared.weight.dtype)
+    a = F.relu(F.conv2d(segmap, shared.weight, shared.bias, padding=shared.padding))
+    gamma = F.conv2d(a, conv_g.weight, conv_g.bias, padding=conv_g.padding)
+    beta = F.conv2d(a, conv_b.weight, conv_b.bias, padding=conv_b.padding)
+    return modulate(y, 1 + gamma, beta)
+
+
+# --- weight normalizations (WEIGHT_NORMS)
+register_weight_norm(
+    WeightNormEntry(
+        name="weight_standardization",
+        apply=nlnn.weight_standardization,
+        summary="Weight standardization: each filter of a conv/linear weight to mean 0, std 1 (a parametrization)",
+        formula="W_hat[i] = (W[i] - mean(W[i])) / (std(W[i]) + eps), over the fan-in of output i "
+        "(std unbiased by default: correction=1; correction=0 is the paper's 1/I)",
+        paper="Qiao, Wang, Liu, Shen & Yuille 2019, Micro-Batch Training with Batch-Channel Normalization "
+        "and Weight Standardization, arXiv:1903.10520",
+        parametrization=nlnn.WeightStandardization,
+        aliases=("ws",),
+        primary="eps",
+        applies_to=nlnn.weight.SUPPORTED_MODULES,
+    )
+)
 
 
 def parse_spec(spec: str) -> tuple[NormEntry, dict]:
@@ -492,14 +677,14 @@ def create_norm(spec, num_features: int | tuple[int, ...] | None = None, **kwarg
 
     >>> import torch, normlab
     >>> normlab.create_norm("gn:8", 64)
-    GroupNorm(8, 64, eps=1e-05, affine=True)
+    GroupNorm(8, 64, eps=1e-05, affine=True, bias=True)
     >>> normlab.create_norm("gn:group_size=16", 64).num_groups
     4
     >>> normlab.create_norm(torch.nn.BatchNorm2d, 3)
-    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
     >>> import functools
     >>> normlab.create_norm(functools.partial(normlab.nn.GroupNorm, 4), 8)
-    GroupNorm(4, 8, eps=1e-05, affine=True)
+    GroupNorm(4, 8, eps=1e-05, affine=True, bias=True)
 
     A class that the registry knows gets its ``num_features`` keyword and
     defaults (``create_norm(normlab.nn.GroupNorm, 64)`` has 32 groups); any

@@ -23,9 +23,15 @@ A :class:`NormInfo` declares, per case:
   both ways), ``channels_last`` (accepts 4-D/5-D channels-last input);
 - ``errors``: :class:`ErrorInput` s (bad constructor arguments or bad input),
   each with the exception type and a regex its message must match;
-- ``skips``: test name -> reason; ``tol32``: float32 tolerances with their reason;
+- ``skips``: test name (a ``test_*`` function of ``tests/test_norms.py`` or
+  ``tests/test_compile.py``) -> reason; ``tol32``: float32 tolerances with their reason;
 - ``representative``: heavy generic tests (gradgradcheck, compile) run on
-  these in the default tier and on every case with ``pytest -m slow``.
+  these in the default tier and on every case with ``pytest -m slow``;
+  exactly one per registry entry, chosen to reach its richest code path.
+
+``tests/test_norms.py`` checks the table against the registry: every entry
+has a case, every case builds its entry's class, twins and checkpoint classes
+match ``torch_twin`` / ``loads_from``, every entry declares error inputs.
 """
 
 from __future__ import annotations
@@ -114,9 +120,12 @@ class NormInfo:
     #: replaces :func:`randomize` (e.g. a whitening matrix buffer must stay SPD)
     randomize: Callable[[nn.Module, int], None] | None = None
 
-    def build(self, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
-        """The normlab module, through the registry, with random parameters and buffers."""
-        module = normlab.create_norm(self.name, self.features, **self.kwargs)
+    def build(self, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> nn.Module:
+        """The normlab module, through the registry, with random parameters and buffers.
+
+        ``overrides`` replace or add constructor keywords (an :class:`ErrorInput`'s ``ctor``).
+        """
+        module = normlab.create_norm(self.name, self.features, **{**self.kwargs, **overrides})
         (self.randomize or randomize)(module, seed)
         return module.to(dtype)
 

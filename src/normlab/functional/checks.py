@@ -15,6 +15,10 @@ class InputDTypeError(TypeError, ValueError):
     """A tensor of the wrong dtype: catchable as ``TypeError`` or ``ValueError``."""
 
 
+class InvalidArgumentError(ValueError, TypeError):
+    """A constructor or function argument of the wrong type or value: catchable as ``ValueError`` or ``TypeError``."""
+
+
 def check_tensor(x: object, name: str = "input") -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"expected {name} to be a torch.Tensor, got {type(x).__name__}")
@@ -49,23 +53,61 @@ def check_channels(x: Tensor, num_channels: int, what: str, dim: int = 1) -> Non
 
 
 def check_groups(num_channels: int, num_groups: int) -> None:
+    """``num_groups`` must divide ``num_channels`` (an :class:`InvalidArgumentError`, a ValueError)."""
     if num_groups <= 0:
-        raise ValueError(f"num_groups must be a positive integer, got {num_groups}")
+        raise InvalidArgumentError(f"num_groups must be a positive integer, got {num_groups}")
     if num_channels % num_groups != 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups}); "
             f"divisors of {num_channels}: {[d for d in range(1, num_channels + 1) if num_channels % d == 0]}"
         )
 
 
-def check_enough_values(count: int, x: Tensor, what: str) -> None:
-    """Batch statistics need at least two values per statistic in training."""
-    if count <= 1:
+_BATCH_ADVICE = "use a larger batch, call .eval(), or use a per-sample norm (GroupNorm, LayerNorm)"
+
+
+def check_enough_values(count: int, x: Tensor, what: str, advice: str = _BATCH_ADVICE) -> None:
+    """Batch statistics need at least two values per statistic in training.
+
+    Exactly one value is an error (its variance is 0/0 after Bessel's
+    correction, and the output would be all zeros); zero values (an empty
+    batch) are not: the output is empty, as torch's. ``advice`` is the fix
+    (the default suits batch statistics).
+    """
+    if count == 1:
         raise ValueError(
-            f"Expected more than 1 value per {what} when training, got input size {tuple(x.shape)}; "
-            f"use a larger batch, call .eval(), or use a per-sample norm (GroupNorm, LayerNorm)"
+            f"Expected more than 1 value per {what} when training, got input size {tuple(x.shape)}; {advice}"
         )
 
 
-class InvalidArgumentError(ValueError, TypeError):
-    """A constructor or function argument of the wrong type or value: catchable as ``ValueError`` or ``TypeError``."""
+class MixedDTypeError(InputDTypeError, RuntimeError):
+    """Input and parameters of different dtypes where torch rejects them (torch raises ``RuntimeError``).
+
+    Catchable as ``RuntimeError`` (torch's type for this error), ``TypeError`` or ``ValueError``.
+    """
+
+
+def check_param_dtypes(x: Tensor, params: dict[str, Tensor | None], what: str) -> None:
+    """The parameters/buffers in ``params`` must have ``x``'s dtype, or be float32 with half-precision ``x``.
+
+    torch's CPU kernels accept exactly these combinations (bfloat16/float16
+    input with float32 parameters is its mixed-precision road) and raise
+    ``RuntimeError: mixed dtype (CPU)`` otherwise; this names the tensors and the fix.
+
+    >>> import torch
+    >>> check_param_dtypes(torch.ones(2, dtype=torch.bfloat16), {"weight": torch.ones(2)}, "Norm")  # mixed road
+    >>> check_param_dtypes(torch.ones(2, dtype=torch.float64), {"weight": torch.ones(2)}, "Norm")
+    Traceback (most recent call last):
+    ...
+    normlab.functional.checks.MixedDTypeError: Norm: input of dtype torch.float64 does not match weight of dtype ...
+    """
+    for name, p in params.items():
+        if p is None or p.dtype == x.dtype:
+            continue
+        if p.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16):
+            continue
+        raise MixedDTypeError(
+            f"{what}: input of dtype {x.dtype} does not match {name} of dtype {p.dtype}; convert the input "
+            f"(input.to({p.dtype})) or the module (module.to({x.dtype})); a float32 module also accepts "
+            f"bfloat16/float16 input"
+        )

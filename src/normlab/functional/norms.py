@@ -8,19 +8,31 @@ faster road where one exists:
   moments from two native vectorized reductions, pooled by the parallel
   variance formula, then one fused pass (``torch.batch_norm`` in inference
   form with the batch statistics). The backward is torch's own batch-norm
-  backward kernel, which is differentiable again (double backward).
+  backward kernel, which is differentiable again (double backward). Other
+  input: torch's kernel. Either way the batch statistics come back as a
+  :class:`.stats.Moments` (:func:`batch_norm_with_stats`) for the one
+  running-statistics EMA (:func:`.stats.update_running` / ``track_batch``).
 - ``instance_norm``: ``group_norm(x, C)`` is the same statistics with a much
   faster native kernel than ``instance_norm``, and it keeps channels_last.
   Channels-last input with gradients: the same forward and an analytic
-  backward in the channels-last layout (torch's is ~3x slower there); the
-  channels-last kernel's raw-moment variance is checked and, if
-  ill-conditioned, recomputed by the contiguous kernel.
+  backward in the channels-last layout (torch's is ~3x slower there).
+- ``group_norm`` / ``instance_norm`` on channels-last input: torch's
+  channels-last kernel takes raw moments; its statistics are checked and,
+  if ill-conditioned, the kernel reruns on the input shifted by the group
+  means it found (:func:`_group_norm_channels_last`), so the result is
+  accurate for any mean/std. ``eps=0``: a constant group gives 0, as
+  torch's InstanceNorm (:func:`_group_norm_zero_eps`), not NaN.
 - ``rms_norm`` (large contiguous float CPU input): one L2-norm reduction and
   the two scalings, block by block in cache, with an analytic backward;
   otherwise torch's fused kernel (``aten._fused_rms_norm``).
 - ``channel_layer_norm``: channels-last input is ``layer_norm``'s own layout
   (torch's kernel on the permuted view); contiguous input reduces over C by
   batched GEMVs, with an analytic backward; no permute copies either way.
+
+Roads with a host sync (the raw-moment checks) are eager-only: under
+``torch.compile`` and ``torch.export`` (:func:`_compiling`) plain
+differentiable ops run instead. No custom autograd Function returns a view,
+so the outputs take in-place ops (``torch.relu_``).
 """
 
 from __future__ import annotations
@@ -31,14 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_enough_values, check_groups, check_min_rank, check_tensor
+from .checks import InvalidArgumentError, check_enough_values, check_groups, check_min_rank, check_tensor
 from .stats import (
-    RAW_MOMENT_MAX_RATIO,
+    Moments,
     accumulation_dtype,
     combine_row_moments,
+    estimate_moments,
     moments,
     row_moments,
-    update_running_stats,
+    update_running,
 )
 
 # The fast batch-statistics path pays two small reductions per (n, c) row; for
@@ -47,17 +60,42 @@ _MIN_ROW = 16
 
 
 def _compiling() -> bool:
+    """True under torch.compile and torch.export: no host syncs, no data-dependent roads."""
     return torch.compiler.is_compiling()
+
+
+def check_batch_norm_eps(eps: float, batch_stats: bool, what: str = "batch_norm") -> None:
+    """torch's rule for batch norm's ``eps``: > 0 with batch statistics, >= 0 with running statistics.
+
+    With batch statistics a constant channel has variance 0 and ``eps`` is all
+    that keeps ``1 / sqrt(var + eps)`` finite; running statistics are the
+    user's own (a folded model may carry ``eps=0``).
+    """
+    if batch_stats and not eps > 0:  # also catches NaN
+        raise InvalidArgumentError(
+            f"{what}: batch_norm eps must be positive during training, but got {eps}; batch statistics of a "
+            f"constant channel have variance 0, so pass eps > 0 (the default is 1e-5)"
+        )
+    if not eps >= 0:
+        raise InvalidArgumentError(
+            f"{what}: batch_norm eps must be non-negative, but got {eps}; pass eps >= 0 (the default is 1e-5)"
+        )
+
+
+def fast_road_applies(x: Tensor) -> bool:
+    """Whether batch statistics of ``x`` may take the fast raw-moment road (eager, contiguous float CPU, long rows)."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _compiling():
+        return False
+    row = x.numel() // max(x.shape[0] * x.shape[1], 1)
+    return x.dim() >= 3 and row >= _MIN_ROW and x.is_contiguous()
 
 
 def _fast_channel_moments(x: Tensor) -> tuple[Tensor, Tensor] | None:
     """Per-channel (mean, biased var) over (N, *spatial) by the fast road, or None."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or _compiling():
+    if not fast_road_applies(x):
         return None
     n, c = x.shape[0], x.shape[1]
     row = x.numel() // max(n * c, 1)
-    if x.dim() < 3 or row < _MIN_ROW or not x.is_contiguous():
-        return None
     with torch.no_grad():
         rows = row_moments(x.view(n, c, row))
         if rows is None:
@@ -70,7 +108,8 @@ class _BatchNormFromStats(torch.autograd.Function):
 
     Forward is one fused pass; backward is torch's batch-norm backward in
     training form, which accounts for the statistics' dependence on x and is
-    itself differentiable (so Hessian-vector products work).
+    itself differentiable (so Hessian-vector products work). The output is a
+    new tensor (not a view), so in-place ops on it are safe.
     """
 
     @staticmethod
@@ -113,6 +152,72 @@ def _param_view(p: Tensor | None, x: Tensor) -> Tensor | None:
     return None if p is None else p.view([1, -1] + [1] * (x.dim() - 2))
 
 
+def _check_channel_params(c: int, what: str, **tensors: Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.shape != (c,):
+            raise ValueError(
+                f"{what} expected {name} of shape ({c},) for input with {c} channels, got {tuple(t.shape)}"
+            )
+
+
+def batch_norm_with_stats(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    stats_dtype: torch.dtype | None = None,
+) -> tuple[Tensor, Moments | None]:
+    """BN of ``input`` with its own batch statistics: ``(y, Moments)`` (no running statistics touched).
+
+    The statistics are per channel over (N, *spatial) (mean, *biased*
+    variance, count = values per channel), detached, for the running-statistics
+    update (:func:`.stats.track_batch`); ``None`` for an empty batch (nothing to
+    fold in), and on torch's-kernel road when ``stats_dtype`` is None (the
+    caller does not need them). Roads:
+
+    - contiguous float CPU input with rows (values per (n, c)) of at least
+      ``_MIN_ROW``: checked raw moments by two native reductions
+      (:func:`.stats.row_moments`), pooled exactly, then one fused pass with an
+      analytic backward (:class:`_BatchNormFromStats`);
+    - under torch.compile/export: plain differentiable ops the compiler fuses;
+    - otherwise torch's kernel. Its statistics are read back by handing it
+      zero-initialized buffers with momentum 1 (the kernel writes
+      ``1 * batch + 0 * buffer``: the batch mean and unbiased variance,
+      exactly as it computed them), in ``stats_dtype`` (the running buffers'
+      dtype, which the kernel requires).
+
+    >>> import torch
+    >>> from normlab.functional import norms
+    >>> x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    >>> y, stats = norms.batch_norm_with_stats(x, None, None, 1e-5, torch.float64)
+    >>> bool(torch.allclose(stats.var, x.var((0, 2, 3), correction=0))), stats.count
+    (True, 128)
+    """
+    c = input.shape[1]
+    count = input.numel() // c if c else 0
+    if input.numel() == 0:
+        # torch's contract: an empty batch gives an empty output (and gradients).
+        return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False), None
+    fast = _fast_channel_moments(input)
+    if fast is not None:
+        mean, var = fast
+        return _BatchNormFromStats.apply(input, weight, bias, mean, var, eps), Moments(mean, var, count)
+    if _compiling():
+        # Under torch.compile / torch.export: plain differentiable ops that the compiler fuses.
+        stats = estimate_moments(input, (0, *range(2, input.dim())))
+        y = (input.to(stats.mean.dtype) - stats.mean) * torch.rsqrt(stats.var + eps)
+        if weight is not None:
+            y = y * _param_view(weight, input)
+        if bias is not None:
+            y = y + _param_view(bias, input)
+        return y.to(input.dtype), stats.detach()
+    if stats_dtype is None:
+        return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False), None
+    mean, unbiased = torch.zeros((2, c), dtype=stats_dtype, device=input.device).unbind(0)
+    y = torch.batch_norm(input, weight, bias, mean, unbiased, True, 1.0, eps, False)
+    return y, Moments(mean, unbiased * ((count - 1) / count), count)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -125,55 +230,97 @@ def batch_norm(
 ) -> Tensor:
     """Batch normalization, same signature and semantics as ``torch.nn.functional.batch_norm``.
 
+    In training the running statistics (if given) are updated in place by
+    :func:`.stats.update_running` (the one EMA), after the output exists.
     ``momentum`` may also be a 0-dim tensor (the cumulative-average factor
     ``1/num_batches_tracked`` that ``momentum=None`` modules pass).
     """
     check_tensor(input)
     check_min_rank(input, 2, "batch_norm")
     c = input.shape[1]
-    for t, name in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
-        if t is not None and t.shape != (c,):
-            raise ValueError(
-                f"batch_norm expected {name} of shape ({c},) for input with {c} channels, got {tuple(t.shape)}"
-            )
+    _check_channel_params(c, "batch_norm", running_mean=running_mean, running_var=running_var, weight=weight, bias=bias)
+    check_batch_norm_eps(eps, training)
     if not training:
         if running_mean is None or running_var is None:
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
         return torch.batch_norm(input, weight, bias, running_mean, running_var, False, 0.0, eps, False)
-    count = input.numel() // c
-    check_enough_values(count, input, "channel")
-    stats = _fast_channel_moments(input)
-    if stats is None and not _compiling():
-        # torch's kernel updates the running statistics itself.
-        return torch.batch_norm(input, weight, bias, running_mean, running_var, True, float(momentum), eps, False)
-    if stats is None:
-        # Under torch.compile: plain differentiable ops that the compiler fuses.
-        dims = [0] + list(range(2, input.dim()))
-        mean, var = moments(input, dims)
-        if running_mean is not None:
-            update_running_stats(running_mean, running_var, mean.detach(), var.detach(), count, momentum)
-        shape = [1, c] + [1] * (input.dim() - 2)
-        xa = input.to(mean.dtype)
-        y = (xa - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
-        if weight is not None:
-            y = y * _param_view(weight, input)
-        if bias is not None:
-            y = y + _param_view(bias, input)
-        return y.to(input.dtype)
-    mean, var = stats
-    if running_mean is not None or running_var is not None:
-        update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    return _BatchNormFromStats.apply(input, weight, bias, mean, var, eps)
+    check_enough_values(input.numel() // c if c else 0, input, "channel")
+    running = (running_mean, running_var)
+    ref = next((t for t in running if t is not None), None)
+    y, stats = batch_norm_with_stats(input, weight, bias, eps, None if ref is None else ref.dtype)
+    if stats is not None and ref is not None:
+        update_running(running, stats, momentum)
+    return y
 
 
 def group_norm(
     input: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
 ) -> Tensor:
-    """Group normalization (``torch.nn.functional.group_norm``) with validated input."""
+    """Group normalization (``torch.nn.functional.group_norm``) with validated input and accurate roads.
+
+    Channels-last float CPU input runs torch's channels-last kernel with its
+    raw-moment statistics checked (:func:`_group_norm_channels_last`);
+    ``eps=0`` runs :func:`_group_norm_zero_eps` (a constant group gives 0, not NaN).
+
+    >>> import torch
+    >>> from normlab.functional import group_norm
+    >>> x = (torch.randn(2, 8, 4, 4) + 1e4).contiguous(memory_format=torch.channels_last)
+    >>> y = group_norm(x, 4)   # torch's channels-last kernel: no correct digit here
+    >>> bool(y.is_contiguous(memory_format=torch.channels_last)), round(y.std().item(), 1)
+    (True, 1.0)
+    """
     check_tensor(input)
     check_min_rank(input, 2, "group_norm")
     check_groups(input.shape[1], num_groups)
-    return F.group_norm(input, num_groups, weight, bias, eps)
+    _check_channel_params(input.shape[1], "group_norm", weight=weight, bias=bias)
+    return _group_norm(input, num_groups, weight, bias, eps)
+
+
+def _group_norm(input: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    if input.numel() == 0:
+        return F.group_norm(input, groups, weight, bias, eps)
+    if eps == 0:
+        return _group_norm_zero_eps(input, groups, weight, bias)
+    if _channels_last_road(input, weight, bias):
+        return _group_norm_channels_last(input, groups, weight, bias, eps)[0]
+    return F.group_norm(input, groups, weight, bias, eps)
+
+
+def _channels_last_road(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """Whether ``x`` takes the checked channels-last group-norm road (eager float CPU, parameters of x's dtype)."""
+    return (
+        _channels_last_format(x) is not None
+        and x.dtype in (torch.float32, torch.float64)
+        and x.device.type == "cpu"
+        and all(p is None or p.dtype == x.dtype for p in (weight, bias))
+        and not _compiling()
+    )
+
+
+def _group_norm_zero_eps(x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Group norm with ``eps = 0``, torch's InstanceNorm convention: a constant group normalizes to 0.
+
+    ``group_norm``'s kernel computes ``1 / sqrt(0 + 0) = inf`` and ``0 * inf =
+    NaN`` for a constant group; torch's ``instance_norm`` (which runs the
+    batch-norm kernel on the ``(1, N*G, M)`` view) takes ``1/sqrt(0)`` as 0
+    there, so the group's output is the bias and its gradient 0. This road is
+    that computation (per-channel affine after it unless G = C, where the
+    affine goes into the kernel as torch's IN does), so ``eps=0`` gives the
+    same finite numbers in every layout, and ``GroupNorm(C, C) == InstanceNorm``
+    holds at ``eps=0`` too. Rare (eps=0 is unusual), so its layout copy is accepted.
+    """
+    n, c = x.shape[0], x.shape[1]
+    fmt = _channels_last_format(x)
+    per_group = groups == c
+    w = weight.repeat(n) if per_group and weight is not None else None
+    b = bias.repeat(n) if per_group and bias is not None else None
+    y = torch.batch_norm(x.reshape(1, n * groups, -1), w, b, None, None, True, 0.0, 0.0, False).view(x.shape)
+    if not per_group:
+        if weight is not None:
+            y = y * _param_view(weight, y).to(y.dtype)
+        if bias is not None:
+            y = y + _param_view(bias, y).to(y.dtype)
+    return y.contiguous(memory_format=fmt) if fmt is not None else y
 
 
 @torch.no_grad()
@@ -182,6 +329,49 @@ def _instance_moments(x: Tensor) -> tuple[Tensor, Tensor]:
     x3 = x.reshape(n, c, -1)
     fast = row_moments(x3) if x.dtype in (torch.float32, torch.float64) and not _compiling() else None
     return fast if fast is not None else moments(x3, -1)
+
+
+# InstanceNorm needs more than one value per (sample, channel); batch size and eval mode do not help.
+_IN_ADVICE = (
+    "instance norm normalizes each (sample, channel) over its spatial values, so it needs a spatial size "
+    "> 1; use a larger spatial input, or normalize over channels instead (GroupNorm, LayerNorm)"
+)
+
+
+def instance_norm_with_stats(
+    input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, need_stats: bool
+) -> tuple[Tensor, Moments | None]:
+    """IN of batched ``input`` with its own statistics: ``(y, Moments | None)`` (no running statistics touched).
+
+    The statistics (``need_stats``) are what torch's InstanceNorm folds into
+    its running buffers: per channel, the mean over the batch of each
+    sample's mean and of each sample's *biased* variance, ``count`` = the
+    spatial size (so :meth:`.Moments.running_values` gives the mean of the
+    per-sample unbiased variances, torch's number; not the pooled variance).
+    ``None`` for an empty input.
+    """
+    n, c = input.shape[0], input.shape[1]
+    stats = None
+    if need_stats and input.numel() > 0:
+        mean, var = _instance_moments(input)
+        stats = Moments(mean.mean(0), var.mean(0), input.numel() // (n * c))
+    return _instance_norm(input, weight, bias, eps), stats
+
+
+def _instance_norm(input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    c = input.shape[1]
+    if input.numel() == 0:
+        return F.group_norm(input, c, weight, bias, eps)
+    if eps == 0:
+        return _group_norm_zero_eps(input, c, weight, bias)
+    # Exact identity: IN is GN with one channel per group (a faster kernel than instance_norm's).
+    if not _channels_last_road(input, weight, bias):
+        return F.group_norm(input, c, weight, bias, eps)
+    if _needs_grad(input, weight, bias):
+        # torch's group_norm backward is ~3x slower on channels-last input than
+        # the analytic backward below, and layout copies cost ~3 copies each.
+        return _InstanceNormChannelsLast.apply(input, weight, bias, eps)
+    return _group_norm_channels_last(input, c, weight, bias, eps)[0]
 
 
 def instance_norm(
@@ -194,55 +384,93 @@ def instance_norm(
     momentum: float | Tensor = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Instance normalization (``torch.nn.functional.instance_norm`` semantics) for batched input."""
+    """Instance normalization (``torch.nn.functional.instance_norm`` semantics) for batched input.
+
+    With ``use_input_stats`` the running statistics (if given) are updated
+    in place by :func:`.stats.update_running`, after the output exists.
+    """
     check_tensor(input)
     check_min_rank(input, 3, "instance_norm")
     n, c = input.shape[0], input.shape[1]
+    _check_channel_params(c, "instance_norm", running_mean=running_mean, running_var=running_var)
+    _check_channel_params(c, "instance_norm", weight=weight, bias=bias)
     if not use_input_stats:
         if running_mean is None or running_var is None:
             raise ValueError("instance_norm with use_input_stats=False needs running_mean and running_var")
-        return torch.batch_norm(input, weight, bias, running_mean, running_var, False, 0.0, eps, False)
-    spatial = input.numel() // max(n * c, 1)
-    check_enough_values(spatial, input, "spatial element (instance norm reduces over H, W, ...)")
-    if running_mean is not None or running_var is not None:
-        mean, var = _instance_moments(input)
-        update_running_stats(running_mean, running_var, mean.mean(0), var.mean(0), spatial, momentum)
-    # Exact identity: IN is GN with one channel per group.
-    if (
-        _channels_last_format(input) is None
-        or input.dtype not in (torch.float32, torch.float64)
-        or input.device.type != "cpu"
-        or _compiling()
-    ):
-        return F.group_norm(input, c, weight, bias, eps)
-    if _needs_grad(input, weight, bias):
-        # torch's group_norm backward is ~3x slower on channels-last input than
-        # the analytic backward below, and layout copies cost ~3 copies each.
-        return _InstanceNormChannelsLast.apply(input, weight, bias, eps)
-    return _group_norm_channels_last(input, c, weight, bias, eps)[0]
+        return instance_norm_eval(input, running_mean, running_var, weight, bias, eps)
+    check_enough_values(input.numel() // (n * c) if n * c else 0, input, "spatial element", _IN_ADVICE)
+    running = (running_mean, running_var)
+    track = any(t is not None for t in running)
+    y, stats = instance_norm_with_stats(input, weight, bias, eps, track)
+    if stats is not None:
+        update_running(running, stats, momentum)
+    return y
+
+
+def instance_norm_eval(
+    input: Tensor, running_mean: Tensor, running_var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    """IN with running statistics: the batch-norm formula with the given per-channel statistics.
+
+    The running buffers may be wider than the input (float32 buffers of a
+    bfloat16 model: torch's mixed road) or narrower (float32 buffers, float64
+    input, which torch's InstanceNorm accepts): the latter are widened.
+    """
+    if running_mean.dtype != input.dtype and input.dtype == torch.float64:
+        running_mean, running_var = running_mean.to(input.dtype), running_var.to(input.dtype)
+    return torch.batch_norm(input, weight, bias, running_mean, running_var, False, 0.0, eps, False)
+
+
+# torch 2.13's channels-last group-norm kernel takes raw moments (E[x^2] - E[x]^2,
+# float32 sums for float32 input); measured, its output error is about
+# 1.3e-6 * (1 + mean^2 / var) on O(1) outputs (4e-5 at ratio 16, 1.4e-4 at 62,
+# no correct digit at 1e6), while the contiguous kernel stays near 1e-6. Above
+# this ratio mean^2 / (var + eps) the statistics are recomputed on centered
+# input (error ~7e-6 at the threshold, about TOL32).
+_CL_RAW_MAX_RATIO = 4.0
 
 
 def _group_norm_channels_last(
     x: Tensor, groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``native_group_norm`` of channels-last ``x`` -> (y, mean, rstd), accurate for any input.
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``native_group_norm`` of channels-last ``x``, accurate for any input: ``(y, mean, rstd, shift)``.
 
-    torch 2.13's channels-last group-norm kernel takes raw moments
-    (E[x^2] - E[x]^2): for |mean| >> std its variance has no correct digit
-    (3% output error at mean/std = 500, where the contiguous kernel is
-    accurate to 2e-5). Its statistics show when that happened (mean^2 > ratio * var,
-    the same test as :func:`.stats.row_moments`); then the contiguous kernel
-    runs on a contiguous copy and the result is put back in x's layout.
+    The channels-last kernel's statistics show when its raw moments were
+    ill-conditioned (``mean^2 > _CL_RAW_MAX_RATIO * (var + eps)`` for some
+    group, one host sync on an (N, G) tensor). Then ``x`` is shifted by the
+    per-group mean it found, ``xs = x - shift`` (one elementwise pass in x's
+    layout, exact up to one rounding), and the kernel runs again on ``xs``,
+    whose mean is ~0: GN is shift invariant per group, so ``GN(xs) = GN(x)``,
+    with accurate statistics. ``mean``/``rstd`` (detached) are the statistics
+    of ``xs`` (``shift`` None: of ``x``); ``shift`` is ``(N, G)``. The output
+    keeps x's layout.
+
+    ``y`` is differentiable (GroupNorm's road): ``native_group_norm`` carries
+    torch's own backward and double backward (its channels-last backward
+    kernel, given accurate statistics, is as accurate as the contiguous one;
+    on the shifted input its ``sum(dy * x) - mean * sum(dy)`` does not cancel
+    either), and ``shift`` is a constant (GN's Jacobian does not depend on it).
+    No custom autograd Function: no Python in the backward.
     """
     n, c = x.shape[0], x.shape[1]
     m = x.numel() // (n * c)
     y, mean, rstd = torch.native_group_norm(x, weight, bias, n, c, m, groups, eps)
-    var = rstd.double().pow(-2).sub_(eps)
-    if bool((mean.double().square() > RAW_MOMENT_MAX_RATIO * var).any()):
-        fmt = _channels_last_format(x)
-        y, mean, rstd = torch.native_group_norm(x.contiguous(), weight, bias, n, c, m, groups, eps)
-        y = y.contiguous(memory_format=fmt)
-    return y, mean, rstd
+    mean, rstd = mean.detach(), rstd.detach()
+    # The raw moments' error is ~ eps32 * E[x^2] = eps32 * (mean^2 + var), and what the output
+    # feels is that error relative to var + eps = 1 / rstd^2: so the test is |mean| * rstd
+    # against sqrt(ratio) (a max-abs reduction: two small ops and one sync).
+    if not bool(torch.linalg.vector_norm(mean * rstd, ord=math.inf) > _CL_RAW_MAX_RATIO**0.5):
+        return y, mean, rstd, None
+    shift = mean
+    xs = x - _group_expand(shift, x, groups)
+    y, mean, rstd = torch.native_group_norm(xs, weight, bias, n, c, m, groups, eps)
+    return y, mean.detach(), rstd.detach(), shift
+
+
+def _group_expand(t: Tensor, x: Tensor, groups: int) -> Tensor:
+    """Per-(sample, group) ``t`` ``(N, G)`` as ``(N, C, 1, ...)``, broadcasting against ``x``."""
+    n, c = x.shape[0], x.shape[1]
+    return t.view(n, groups, 1).expand(n, groups, c // groups).reshape([n, c] + [1] * (x.dim() - 2))
 
 
 class _InstanceNormChannelsLast(torch.autograd.Function):
@@ -263,7 +491,9 @@ class _InstanceNormChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        y, mean, rstd = _group_norm_channels_last(x, x.shape[1], weight, bias, eps)
+        y, mean, rstd, shift = _group_norm_channels_last(x, x.shape[1], weight, bias, eps)
+        if shift is not None:
+            mean = mean + shift  # the statistics of x itself
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.eps, ctx.has_bias = eps, bias is not None
         return y
@@ -414,18 +644,22 @@ class _ChannelLayerNormContiguous(torch.autograd.Function):
         x3 = x.view(n, c, -1)
         ones = _ChannelLayerNormContiguous._row(None, n, c, x)
         mean = torch.bmm(ones, x3).div_(c)  # (n, 1, P)
-        y = x3 - mean
-        rstd = torch.bmm(ones, y * y).div_(c).add_(eps).rsqrt_()
-        y.mul_(rstd)
+        # y is allocated in x's shape and worked on through its (n, c, P) view: a
+        # custom Function must not return a view it created (autograd forbids
+        # in-place ops on such a view, e.g. torch.relu_(y)), so y itself is returned.
+        y = torch.empty_like(x)
+        y3 = torch.sub(x3, mean, out=y.view(n, c, -1))
+        rstd = torch.bmm(ones, y3 * y3).div_(c).add_(eps).rsqrt_()
+        y3.mul_(rstd)
         if weight is not None and bias is not None:
-            torch.addcmul(bias.view(1, c, 1), y, weight.view(1, c, 1), out=y)
+            torch.addcmul(bias.view(1, c, 1), y3, weight.view(1, c, 1), out=y3)
         elif weight is not None:
-            y.mul_(weight.view(1, c, 1))
+            y3.mul_(weight.view(1, c, 1))
         elif bias is not None:
-            y.add_(bias.view(1, c, 1))
+            y3.add_(bias.view(1, c, 1))
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.eps, ctx.has_bias = eps, bias is not None
-        return y.view(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -435,7 +435,6 @@ def momentum_factor(momentum: float | None, num_batches_tracked: Tensor | None) 
     return 1.0 / num_batches_tracked.clamp(min=1).to(torch.float64)
 
 
-@torch.no_grad()
 def update_running(running: Sequence[Tensor | None], stats: Statistics, momentum: float | Tensor) -> None:
     """The one running-statistics EMA: ``running = (1 - m) running + m new`` in place.
 
@@ -443,27 +442,37 @@ def update_running(running: Sequence[Tensor | None], stats: Statistics, momentum
     (``None`` skips one); each type decides what is stored (Bessel's
     correction for :class:`Moments` and :class:`Covariance`, none for a
     :class:`Whitening` matrix). Values are reshaped to the buffer's shape
-    (same number of elements, else a ``ValueError``).
+    (same number of elements, else a ``ValueError``). Never part of the
+    autograd graph.
     """
+    with torch.no_grad():
+        _ema(running, stats, momentum)
+
+
+def _ema(running: Sequence[Tensor | None], stats: Statistics, momentum: float | Tensor) -> None:
+    # Lean on purpose: it runs on every training step of every batch norm, where
+    # small-input forwards take tens of microseconds (no detach copies, no no-op casts).
     values = stats.running_values()
     if len(running) != len(values):
         raise ValueError(f"update_running: {type(stats).__name__} has {len(values)} running values, got {len(running)}")
     for buf, new in zip(running, values, strict=True):
         if buf is None:
             continue
-        if new.numel() != buf.numel():
-            raise ValueError(
-                f"update_running: a {type(stats).__name__} statistic with {new.numel()} values "
-                f"cannot update a running buffer of shape {tuple(buf.shape)}"
-            )
-        new = new.detach().reshape(buf.shape).to(buf.dtype)
+        if new.shape != buf.shape:
+            if new.numel() != buf.numel():
+                raise ValueError(
+                    f"update_running: a {type(stats).__name__} statistic with {new.numel()} values "
+                    f"cannot update a running buffer of shape {tuple(buf.shape)}"
+                )
+            new = new.reshape(buf.shape)
+        if new.dtype != buf.dtype:
+            new = new.to(buf.dtype)
         if isinstance(momentum, Tensor):
             buf.lerp_(new, momentum.to(buf.dtype))
         else:
             buf.mul_(1.0 - momentum).add_(new, alpha=momentum)
 
 
-@torch.no_grad()
 def track_batch(
     running: Sequence[Tensor | None], num_batches_tracked: Tensor | None, stats: Statistics, momentum: float | None
 ) -> None:
@@ -473,9 +482,10 @@ def track_batch(
     ``num_batches_tracked``). Call it *after* the output has been computed so
     a forward that raises changes no state.
     """
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
-    update_running(running, stats.detach(), momentum_factor(momentum, num_batches_tracked))
+    with torch.no_grad():
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        _ema(running, stats, momentum_factor(momentum, num_batches_tracked))
 
 
 def update_running_stats(

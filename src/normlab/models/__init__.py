@@ -3,7 +3,8 @@
 Every model takes ``norm`` (a registry spec such as ``"bn"``, ``"gn:4"``,
 ``"ln"``, or ``None``), ``placement`` (``"before"`` or ``"after"`` the
 activation) and is initialized by :func:`init_weights`. A spec is adapted to
-the layer it follows: ``"bn"`` becomes BatchNorm1d after a Linear or Conv1d
+the layer it follows by the registry (:func:`build_norm`: each entry's
+``rank_variants``): ``"bn"`` becomes BatchNorm1d after a Linear or Conv1d
 and BatchNorm2d after a Conv2d, ``"in"`` InstanceNorm1d/2d, and ``"ln"``
 LayerNorm over the features after a Linear but, after a convolution,
 LayerNorm over (C, *spatial) as in Wu & He 2018, i.e. ``GroupNorm(1, C)``;
@@ -20,30 +21,62 @@ from torch import nn
 
 from ..registry import create_norm, parse_spec
 
-_BY_RANK = {
-    "batchnorm2d": {0: "batchnorm1d", 1: "batchnorm1d", 2: "batchnorm2d"},
-    "batchnorm1d": {0: "batchnorm1d", 1: "batchnorm1d", 2: "batchnorm2d"},
-    "instancenorm2d": {1: "instancenorm1d", 2: "instancenorm2d"},
-    "instancenorm1d": {1: "instancenorm1d", 2: "instancenorm2d"},
-}
+_LAYER = {0: "Linear", 1: "Conv1d", 2: "Conv2d", 3: "Conv3d"}
 
 
 def build_norm(spec: str | None, num_features: int, spatial_dims: int) -> nn.Module:
-    """The norm for ``num_features`` channels of a layer with ``spatial_dims`` (0: Linear, 1: Conv1d, 2: Conv2d)."""
+    """The norm for ``num_features`` channels of a layer with ``spatial_dims`` (0: Linear, 1: Conv1d, 2: Conv2d).
+
+    The layer's output has rank ``spatial_dims + 2`` with the features at dim 1
+    (dim -1 after a Linear). The registry adapts the spec: the entry's
+    ``rank_variants`` name the spec to use for another rank (``"bn"`` after a
+    Linear is ``"batchnorm1d"``; ``"ln"`` after a convolution is LayerNorm over
+    (C, *spatial), ``"groupnorm:1"``); otherwise the entry must accept the rank
+    with its features where the layer puts them: a trailing-dim norm
+    (``features_arg="normalized_shape"``) follows only a Linear; a channel norm
+    takes the ranks of its ``rank_variants`` if it has any (its other ``ranks``
+    are unbatched forms, as InstanceNorm's ``(C, *spatial)``), else its
+    ``ranks``. Keywords of the spec carry over.
+
+    >>> from normlab.models import build_norm
+    >>> build_norm("bn:momentum=0.01", 16, 0)
+    BatchNorm1d(16, eps=1e-05, momentum=0.01, affine=True, bias=True, track_running_stats=True)
+    >>> build_norm("ln", 16, 2)
+    GroupNorm(1, 16, eps=1e-05, affine=True, bias=True)
+    """
     if spec is None or spec == "none":
         return nn.Identity()
     entry, kwargs = parse_spec(spec)
-    name = entry.name
-    if name in _BY_RANK:
-        if spatial_dims not in _BY_RANK[name]:
-            raise ValueError(f"norm {spec!r} needs spatial dims; it cannot follow a Linear layer")
-        name = _BY_RANK[name][spatial_dims]
-    elif name == "layernorm" and spatial_dims > 0:
-        return create_norm("groupnorm", num_features, num_groups=1, **kwargs)
-    elif name == "rmsnorm" and spatial_dims > 0:
-        raise ValueError(f"norm {spec!r} normalizes the trailing dim; it cannot follow a convolution")
-    rest = spec.partition(":")[2]
-    return create_norm(f"{name}:{rest}" if rest else name, num_features)
+    rank = spatial_dims + 2
+    layer = _LAYER.get(spatial_dims, f"{spatial_dims}-d layer")
+    if entry.inputs != ("input",):
+        raise ValueError(
+            f"norm {spec!r} takes forward({', '.join(entry.inputs)}); the models' blocks feed one input, "
+            "so it cannot be a model's norm here (build the block by hand)"
+        )
+    variant = entry.rank_variants.get(rank)
+    if variant is not None:
+        return create_norm(variant, num_features, **kwargs)
+    if entry.features_arg == "normalized_shape":
+        # A trailing-dim norm normalizes the last dim: the layer's features only after a Linear.
+        if rank > 2:
+            raise ValueError(
+                f"norm {spec!r} normalizes the trailing dim; it cannot follow a convolution (the {layer}'s "
+                f"channels are at dim 1): use a channel norm such as 'ln2d' or 'gn:1'"
+            )
+        fits = rank in entry.ranks
+    else:
+        # A channel norm with rank_variants lists there every batched (N, C, *) rank it takes;
+        # its other ranks are unbatched forms (InstanceNorm's (C, *spatial)), not a layer's output.
+        fits = rank in entry.ranks and (not entry.rank_variants or rank in entry.rank_variants)
+    if not fits:
+        where = "needs spatial dims; it cannot follow a Linear layer" if rank == 2 else f"cannot follow a {layer}"
+        batched = sorted(entry.rank_variants) if entry.rank_variants else entry.ranks
+        raise ValueError(
+            f"norm {spec!r} {where}: {entry.name} takes {' or '.join(f'{r}D' for r in batched)} (N, C, ...) "
+            f"input, and the {layer}'s output is {rank}D"
+        )
+    return create_norm(spec, num_features)
 
 
 def _activation(name: str) -> nn.Module:

@@ -1,6 +1,8 @@
 """Drop-in normalization modules (torch.nn's contract), one file per family."""
 
-from .batch import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .batch import FUSER_METHOD_MAPPING, BatchNorm1d, BatchNorm2d, BatchNorm3d, fuse_modules, fuse_modules_qat
+from .batch_variants import GhostBatchNorm
+from .conditional import SPADE
 from .layer import (
     ChannelLayerNorm,
     GroupNorm,
@@ -13,13 +15,9 @@ from .layer import (
     RMSNorm,
 )
 from .local import LocalResponseNorm
-
-# --- new families: one import line each (helpers: replace your own marker line only)
-# <import:batch_variants>
-# <import:whitening>
-# <import:mixture>
-# <import:conditional>
-# <import:weight>
+from .mixture import SwitchableNorm
+from .weight import WeightStandardization, remove_weight_standardization, weight_standardization
+from .whitening import IterNorm
 
 __all__ = [
     "BatchNorm1d",
@@ -35,9 +33,17 @@ __all__ = [
     "LayerNorm3d",
     "LocalResponseNorm",
     "RMSNorm",
-    # <all:batch_variants>
-    # <all:whitening>
-    # <all:mixture>
-    # <all:conditional>
-    # <all:weight>
+    # batch-statistics variants, whitening, mixtures, conditional recovery
+    "GhostBatchNorm",
+    "IterNorm",
+    "SwitchableNorm",
+    "SPADE",
+    # weight-side normalization (parametrizations)
+    "WeightStandardization",
+    "remove_weight_standardization",
+    "weight_standardization",
+    # torch.ao.quantization's fusers for models with normlab's BatchNorms
+    "FUSER_METHOD_MAPPING",
+    "fuse_modules",
+    "fuse_modules_qat",
 ]
