@@ -12,8 +12,10 @@ batch and spatial dims doubled in turn to at least 4M elements, every input
 scaled alike); at the large size also eval mode for batch-statistics entries
 and channels-last input for 4-D/5-D entries. The reference is the torch twin
 (``entry.torch_twin``: the same state, torch's forward) where there is one,
-otherwise the registry's generic composition (``entry.oracle``: how much the
-fast roads gain over the framework's plain composition).
+else torch's fastest equivalent with stock ops (``entry.torch_equivalent``,
+"torch ops": e.g. timm's permute road for LayerNorm2d), otherwise the
+registry's generic composition (``entry.oracle``: how much the fast roads gain
+over the framework's plain composition).
 
 Ratios are of minimum times over interleaved repetitions in one process (see
 :mod:`normlab.bench`): ``fwd / ref < 1`` means normlab is faster than the
@@ -63,6 +65,8 @@ class Case:
     def reference(self) -> str:
         if self.entry.torch_twin is not None:
             return "torch"
+        if self.entry.torch_equivalent is not None:
+            return "torch ops"
         return "generic" if self.entry.oracle is not None else "-"
 
     @property
@@ -124,25 +128,27 @@ class _Bound(nn.Module):
 
 
 class _Oracle(nn.Module):
-    """The registry's generic composition for ``module``'s mode and state (its parameters are this module's)."""
+    """A registry function ``fn(module, *inputs)`` (the oracle or torch's equivalent) as a module."""
 
-    def __init__(self, entry: NormEntry, module: nn.Module) -> None:
+    def __init__(self, fn, module: nn.Module) -> None:
         super().__init__()
-        self.entry = entry
+        self.fn = fn
         self.module = module
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.entry.oracle(self.module, *inputs)
+        return self.fn(self.module, *inputs)
 
 
 def _reference(entry: NormEntry, module: nn.Module) -> nn.Module:
-    """The torch twin holding ``module``'s state (the twin is its base class), else the oracle, else a copy."""
+    """The torch twin holding ``module``'s state (the twin is its base class), else torch's equivalent
+    with stock ops (``entry.torch_equivalent``), else the oracle, else a copy."""
     ref = copy.deepcopy(module)
     if entry.torch_twin is not None:
         mod_name, _, cls_name = entry.torch_twin.rpartition(".")
         ref.__class__ = getattr(importlib.import_module(mod_name), cls_name)
         return ref
-    return _Oracle(entry, ref) if entry.oracle is not None else ref
+    fn = entry.torch_equivalent or entry.oracle
+    return _Oracle(fn, ref) if fn is not None else ref
 
 
 @torch.no_grad()
@@ -375,9 +381,10 @@ def main(argv: list[str] | None = None) -> int:
 
 _HOW = """
 Each row: normlab's module (a registry entry with its example configuration),
-its reference ("torch": the torch.nn twin holding the same state; "generic":
-the registry's generic partition -> operation -> recovery composition, for
-entries torch lacks) and `y.copy_(x)` of the same tensor, timed in one
+its reference ("torch": the torch.nn twin holding the same state; "torch ops":
+torch's fastest equivalent with stock ops, e.g. permute -> F.layer_norm ->
+permute for LayerNorm2d as timm does; "generic": the registry's generic
+partition -> operation -> recovery composition, for entries torch lacks) and `y.copy_(x)` of the same tensor, timed in one
 process with interleaved repetitions; each time is the minimum over the
 repetitions (caches flushed before each call). Forward runs under `torch.no_grad()`; fwd+bwd is
 `y = m(x); y.backward(g)` with `x.requires_grad` (gradients reset to None).

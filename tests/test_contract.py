@@ -131,11 +131,11 @@ FAST_ROADS = {
     "ln2d-channels-last": (lambda: nln.LayerNorm2d(16), (2, 16, 8, 8), CL, None),
     "rms-rows-road": (lambda: nln.RMSNorm(256), (512, 256), None, (norms._RMSNormRows, "apply")),
     "rms-fused-kernel": (lambda: nln.RMSNorm(16), (4, 16), None, None),
-    "bn2d-fast-rows": (lambda: nln.BatchNorm2d(8), (4, 8, 4, 4), None, (norms._BatchNormFromStats, "apply")),
+    "bn2d-fast-rows": (lambda: nln.BatchNorm2d(8), (16, 8, 48, 48), None, (norms._BatchNormFromStats, "apply")),
     "bn2d-kernel-short-rows": (lambda: nln.BatchNorm2d(8), (4, 8, 2, 2), None, None),
     "bn2d-kernel-channels-last": (lambda: nln.BatchNorm2d(8), (4, 8, 4, 4), CL, None),
     "bn1d-2d-input": (lambda: nln.BatchNorm1d(8), (16, 8), None, None),
-    "bn3d-fast-rows": (lambda: nln.BatchNorm3d(4), (2, 4, 2, 4, 4), None, (norms._BatchNormFromStats, "apply")),
+    "bn3d-fast-rows": (lambda: nln.BatchNorm3d(4), (8, 4, 8, 32, 32), None, (norms._BatchNormFromStats, "apply")),
     "in2d-channels-last": (
         lambda: nln.InstanceNorm2d(8, affine=True),
         (2, 8, 4, 4),
@@ -592,6 +592,7 @@ def test_batch_norm_running_stats_through_track_batch(shape, fmt, momentum, monk
         return original(running, nbt, stats, m)
 
     monkeypatch.setattr(batch_module, "track_batch", spy)
+    monkeypatch.setattr(norms, "_BN_MIN_NUMEL", 0)  # the fast road at this small size
     cls = nln.BatchNorm1d if len(shape) == 2 else nln.BatchNorm2d
     ours, theirs = cls(3, momentum=momentum).double(), getattr(nn, cls.__name__)(3, momentum=momentum).double()
     for step in range(3):

@@ -26,6 +26,7 @@ def _own_roads_at_small_sizes(monkeypatch):
     ``test_size_thresholds_route_small_inputs_to_torch`` checks the default routing."""
     monkeypatch.setattr(norms, "_RMS_MIN_NUMEL", 0)
     monkeypatch.setattr(norms, "_CLN_MIN_NUMEL", 0)
+    monkeypatch.setattr(norms, "_BN_MIN_NUMEL", 0)
     monkeypatch.setattr(norms, "_RMS_BLOCK_BYTES", 4096)  # several blocks at test sizes
 
 
@@ -56,12 +57,15 @@ def test_size_thresholds_route_small_inputs_to_torch(monkeypatch):
     monkeypatch.undo()  # the default thresholds
     rms = _count_calls(monkeypatch, norms._RMSNormRows)
     cln = _count_calls(monkeypatch, norms._ChannelLayerNormContiguous)
+    bn = _count_calls(monkeypatch, norms._BatchNormFromStats)
     norms.rms_norm(_randn(4, 8), (8,), None, 1e-6)
     norms.channel_layer_norm(_randn(2, 3, 4, 5))
-    assert (len(rms), len(cln)) == (0, 0)
+    norms.batch_norm(_randn(4, 3, 4, 4), None, None, training=True)
+    assert (len(rms), len(cln), len(bn)) == (0, 0, 0)
     norms.rms_norm(_randn(norms._RMS_MIN_NUMEL // 64, 64), (64,), None, 1e-6)
     norms.channel_layer_norm(_randn(1, 4, norms._CLN_MIN_NUMEL // 4))
-    assert (len(rms), len(cln)) == (1, 1)
+    norms.batch_norm(_randn(4, 4, norms._BN_MIN_NUMEL // 16), None, None, training=True)
+    assert (len(rms), len(cln), len(bn)) == (1, 1, 1)
 
 
 @pytest.mark.parametrize("affine", [True, False])

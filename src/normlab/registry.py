@@ -81,6 +81,9 @@ class NormEntry:
     family: str = "per-sample"
     #: builds the module from merged keywords instead of ``cls(**kwargs)`` (e.g. GroupNorm's group_size)
     builder: Callable[..., nn.Module] | None = None
+    #: ``torch_equivalent(module, *inputs) -> output``: torch's fastest way to compute the same function
+    #: with stock ops (for norms without a twin; the benchmarks' reference), e.g. LayerNorm2d's permute road
+    torch_equivalent: Callable[..., Tensor] | None = None
     #: the spec to use for input of another rank, e.g. batchnorm2d after a Linear (rank 2) is
     #: "batchnorm1d"; layernorm after a convolution is LN over (C, *spatial) = "groupnorm:1"
     rank_variants: dict = field(default_factory=dict)
@@ -289,6 +292,25 @@ def _oracle_cln(m, x):
     return generic.channel_layer_norm(x, m.weight, m.bias, m.eps)
 
 
+def _permute_layer_norm(m, x):
+    """timm's LayerNorm2d: permute to channels-last, F.layer_norm over C, permute back."""
+    import torch.nn.functional as F
+
+    y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), m.weight, m.bias, m.eps)
+    return y.movedim(-1, 1)
+
+
+def _chunked_batch_norm(m, x):
+    """Ghost BN with stock ops: torch's batch_norm on each ghost batch, concatenated (eval: one call)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not m.use_batch_stats():
+        return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+    chunks = x.split(m.virtual_batch_size)
+    return torch.cat([F.batch_norm(c, None, None, m.weight, m.bias, True, 0.0, m.eps) for c in chunks])
+
+
 def _oracle_rms(m, x):
     return generic.rms_norm(x, m.normalized_shape, m.weight, m.eps)
 
@@ -382,6 +404,7 @@ for _entry in (
         statistics="sample",
         ranks=(4,),
         oracle=_oracle_cln,
+        torch_equivalent=_permute_layer_norm,
         example={},
         example_shapes=((8, 8, 12, 12),),
         aliases=("ln2d", "channel_layernorm"),
@@ -397,6 +420,7 @@ for _entry in (
         statistics="sample",
         ranks=(5,),
         oracle=_oracle_cln,
+        torch_equivalent=_permute_layer_norm,
         example={},
         example_shapes=((4, 8, 4, 6, 6),),
         aliases=("ln3d",),
@@ -491,6 +515,7 @@ register_norm(
         statistics="batch",
         ranks=(4, 2, 3, 5),
         oracle=_oracle_ghost_bn,
+        torch_equivalent=_chunked_batch_norm,
         example={"virtual_batch_size": 4},
         example_shapes=((8, 8, 12, 12),),
         aliases=("ghostbn", "gbn"),
