@@ -362,3 +362,39 @@ def test_entry_rejects_bad_declarations():
         normlab.NormEntry(**{**fields, "statistics": "running"})
     with pytest.raises(ValueError, match="one example shape per input"):
         normlab.NormEntry(**{**fields, "example_shapes": ()})
+
+
+# ------------------------------------------------------- the registries share one spec parser
+
+
+def test_three_registries_share_the_spec_grammar():
+    from normlab.registry import OptimizerEntry, Registry
+
+    assert {normlab.NORMS.kind, normlab.WEIGHT_NORMS.kind, normlab.OPTIMIZERS.kind} == {
+        "norm",
+        "weight normalization",
+        "optimizer",
+    }
+    for reg in (normlab.NORMS, normlab.WEIGHT_NORMS, normlab.OPTIMIZERS):
+        assert type(reg) is Registry
+    # An optimizer table (empty until the gradient-side family lands) parses like the others.
+    reg: Registry = Registry("optimizer")
+    reg.register(OptimizerEntry("sgd", torch.optim.SGD, "plain SGD", "-", aliases=("s",), primary="lr"))
+    entry, kwargs = reg.parse("s:0.5,momentum=0.9,nesterov=true")
+    assert entry.cls is torch.optim.SGD and kwargs == {"lr": 0.5, "momentum": 0.9, "nesterov": True}
+    with pytest.raises(ValueError, match="unknown optimizer 'adamz'; known names and aliases: s, sgd"):
+        reg.parse("adamz")
+    with pytest.raises(ValueError, match="optimizer name 'sgd' is already registered"):
+        reg.register(OptimizerEntry("sgd", torch.optim.SGD, "again", "-"))
+    entry, kwargs = normlab.WEIGHT_NORMS.parse("ws:1e-6")
+    assert entry.name == "weight_standardization" and kwargs == {"eps": 1e-6}
+
+
+def test_create_optimizer_builds_from_a_spec(monkeypatch):
+    from normlab.registry import OptimizerEntry, Registry
+
+    reg: Registry = Registry("optimizer")
+    reg.register(OptimizerEntry("sgd", torch.optim.SGD, "plain SGD", "-", primary="lr", defaults={"momentum": 0.5}))
+    monkeypatch.setattr(normlab.registry, "OPTIMIZERS", reg)
+    opt = normlab.registry.create_optimizer("sgd:0.1", [torch.nn.Parameter(torch.zeros(2))], weight_decay=0.01)
+    assert opt.defaults["lr"] == 0.1 and opt.defaults["momentum"] == 0.5 and opt.defaults["weight_decay"] == 0.01

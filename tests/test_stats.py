@@ -187,6 +187,17 @@ def test_masked_moments_with_reduce_and_scale_with_reduce():
         estimate_scale(x, (0,), 0.0, "linf", reduce=lambda t: t)
 
 
+def test_pool_with_reduce_pools_across_processes():
+    x = _randn(9, 3, 5, seed=14) * 3 + 7
+    parts = torch.split(x, [2, 3, 4])
+    got = _FakeProcesses(3).run(lambda r, red: estimate_moments(parts[r], (2,)).pool(0, reduce=red))
+    want = estimate_moments(x, (0, 2))
+    for m in got:
+        assert_close(m.mean, want.mean, **TOL)
+        assert_close(m.var, want.var, **TOL)
+        assert float(m.count.flatten()[0]) == want.count
+
+
 # ----------------------------------------------------------- estimators
 
 

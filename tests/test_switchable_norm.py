@@ -619,7 +619,7 @@ def test_reduce_hook_synchronizes_the_bn_component():
     for _, batch in results:
         assert_close(batch.mean, want_batch.mean, **TOL64)
         assert_close(batch.var, want_batch.var, **TOL64)
-        assert int(batch.count) == want_batch.count == 6 * 20
+        assert bool((batch.count == want_batch.count).all()) and want_batch.count == 6 * 20
         assert_close(batch.unbiased_var(), want_batch.unbiased_var(), **TOL64)
     # and one process through the hook is the same as no hook
     y1, b1 = fmix.switchable_norm(x, *logits, reduce=lambda t: t)

@@ -574,31 +574,9 @@ register_norm(
         family="whitening",
     )
 )
+
+
 # --- mixtures
-register_norm(
-    NormEntry(
-        name="switchablenorm",
-        cls=nlnn.SwitchableNorm,
-        summary="Switchable normalization: a learned softmax mixture of the IN, LN and BN statistics",
-        formula=(
-            "mu = sum_k softmax(mean_weight)_k mu_k, var = sum_k softmax(var_weight)_k var_k, k in (IN, LN, BN); "
-            "y = (x - mu) / sqrt(var + eps) * weight + bias; running BN stats as BatchNorm (torch momentum form)"
-        ),
-        reduces="IN per (sample, channel) over *spatial; LN per sample over (C, *spatial); BN per channel over "
-        "(N, *spatial); LN and BN pooled exactly from the IN moments",
-        paper="Luo, Ren, Peng, Zhang & Li 2019, Differentiable Learning-to-Normalize via Switchable Normalization "
-        "(ICLR), arXiv:1806.10779",
-        statistics="batch",
-        ranks=(4, 3, 5),
-        oracle=lambda m, x: _oracle_sn(m, x),  # defined below (a def first would reformat above)
-        example={},
-        example_shapes=((8, 8, 12, 12),),
-        aliases=("sn", "switchnorm"),
-        family="mixture",
-    )
-)
-
-
 def _oracle_sn(m, x):
     """Switchable Norm as the generic composition (each component's moments by its own partition), float64."""
     from .functional.mixture import switchable_norm_generic
@@ -620,31 +598,31 @@ def _oracle_sn(m, x):
     )
 
 
-# --- conditional recovery
 register_norm(
     NormEntry(
-        name="spade",
-        cls=nlnn.SPADE,
-        summary="Spatially-adaptive normalization: a parameter-free norm (BN), then a per-position scale and "
-        "shift predicted by convolutions of a semantic map",
-        formula="m = nearest_resize(condition, (H, W)); a = relu(conv_shared(m)); "
-        "y = norm(x) * (1 + conv_gamma(a)) + conv_beta(a)",
-        reduces="as the inner parameter-free norm (default BN: per channel over (N, H, W)); the recovery is per "
-        "(sample, channel, position)",
-        paper="Park, Liu, Wang & Zhu 2019, Semantic Image Synthesis with Spatially-Adaptive Normalization (CVPR), "
-        "arXiv:1903.07291",
+        name="switchablenorm",
+        cls=nlnn.SwitchableNorm,
+        summary="Switchable normalization: a learned softmax mixture of the IN, LN and BN statistics",
+        formula=(
+            "mu = sum_k softmax(mean_weight)_k mu_k, var = sum_k softmax(var_weight)_k var_k, k in (IN, LN, BN); "
+            "y = (x - mu) / sqrt(var + eps) * weight + bias; running BN stats as BatchNorm (torch momentum form)"
+        ),
+        reduces="IN per (sample, channel) over *spatial; LN per sample over (C, *spatial); BN per channel over "
+        "(N, *spatial); LN and BN pooled exactly from the IN moments",
+        paper="Luo, Ren, Peng, Zhang & Li 2019, Differentiable Learning-to-Normalize via Switchable Normalization "
+        "(ICLR), arXiv:1806.10779",
         statistics="batch",
-        ranks=(4,),
-        oracle=lambda m, x, condition: _oracle_spade(m, x, condition),  # defined below
-        example={"label_nc": 3, "hidden": 8},
-        example_shapes=((8, 8, 12, 12), (8, 3, 6, 6)),
-        inputs=("input", "condition"),
-        primary="label_nc",
-        family="conditional",
+        ranks=(4, 3, 5),
+        oracle=_oracle_sn,
+        example={},
+        example_shapes=((8, 8, 12, 12),),
+        aliases=("sn", "switchnorm"),
+        family="mixture",
     )
 )
 
 
+# --- conditional recovery
 def _oracle_spade(m, x, condition):
     """The inner norm's own oracle (its current mode) -> nearest resize -> conv, relu, convs -> modulate."""
     import copy
@@ -665,6 +643,30 @@ def _oracle_spade(m, x, condition):
     gamma = F.conv2d(a, conv_g.weight, conv_g.bias, padding=conv_g.padding)
     beta = F.conv2d(a, conv_b.weight, conv_b.bias, padding=conv_b.padding)
     return modulate(y, 1 + gamma, beta)
+
+
+register_norm(
+    NormEntry(
+        name="spade",
+        cls=nlnn.SPADE,
+        summary="Spatially-adaptive normalization: a parameter-free norm (BN), then a per-position scale and "
+        "shift predicted by convolutions of a semantic map",
+        formula="m = nearest_resize(condition, (H, W)); a = relu(conv_shared(m)); "
+        "y = norm(x) * (1 + conv_gamma(a)) + conv_beta(a)",
+        reduces="as the inner parameter-free norm (default BN: per channel over (N, H, W)); the recovery is per "
+        "(sample, channel, position)",
+        paper="Park, Liu, Wang & Zhu 2019, Semantic Image Synthesis with Spatially-Adaptive Normalization (CVPR), "
+        "arXiv:1903.07291",
+        statistics="batch",
+        ranks=(4,),
+        oracle=_oracle_spade,
+        example={"label_nc": 3, "hidden": 8},
+        example_shapes=((8, 8, 12, 12), (8, 3, 6, 6)),
+        inputs=("input", "condition"),
+        primary="label_nc",
+        family="conditional",
+    )
+)
 
 
 # --- weight normalizations (WEIGHT_NORMS)

@@ -98,18 +98,9 @@ def pool_batch(m_in: Moments, *, reduce: Reduce | None = None) -> Moments:
     :func:`~normlab.functional.stats.estimate_moments`. First ``[sum_n S
     mean_in, N S]`` gives the global mean, then ``sum_n S (var_in + (mean_in -
     mean)^2)`` (deviations from that *global* mean, every term non-negative)
-    gives the global biased variance; ``count`` is then a 0-dim tensor.
+    gives the global biased variance (:meth:`Moments.pool` with ``reduce``); ``count`` is then a tensor.
     """
-    if reduce is None:
-        return m_in.pool(0)
-    s = m_in.count  # values per IN statistic: the spatial size (an int)
-    sums = (m_in.mean * s).sum(0, keepdim=True)
-    packed = reduce(torch.cat([sums.reshape(-1), sums.new_tensor([float(m_in.mean.shape[0] * s)])]))
-    count = packed[-1]
-    mean = (packed[:-1] / count.clamp(min=1)).view_as(sums)
-    scatter = (s * (m_in.var + (m_in.mean - mean).square())).sum(0, keepdim=True)
-    scatter = reduce(scatter.reshape(-1)).view_as(scatter)
-    return Moments(mean, scatter / count.clamp(min=1), count)
+    return m_in.pool(0, reduce=reduce)
 
 
 def switchable_statistics(

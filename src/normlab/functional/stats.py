@@ -81,12 +81,17 @@ class Moments(NamedTuple):
     var: Tensor
     count: Tensor | int
 
-    def pool(self, dim: int, keepdim: bool = True) -> Moments:
+    def pool(self, dim: int, keepdim: bool = True, *, reduce: Reduce | None = None) -> Moments:
         """Pool the groups along ``dim`` exactly (parallel variance, weighted by count).
 
         ``var = sum_i w_i (var_i + (mean_i - mean)^2)``, ``w_i = count_i / sum(count)``:
-        every term is non-negative, so no cancellation.
+        every term is non-negative, so no cancellation. ``reduce`` (sums across
+        processes) pools every process's groups along ``dim`` too: two small
+        collectives, ``[sum count_i mean_i, sum count_i]`` for the global mean, then
+        ``sum count_i (var_i + (mean_i - mean)^2)`` around it; ``count`` is then a tensor.
         """
+        if reduce is not None:
+            return self._pool_across(dim, keepdim, reduce)
         w = _count_weights(self.count, self.mean, dim)
         if w is None:
             mean = self.mean.mean(dim, keepdim=True)
@@ -101,6 +106,20 @@ class Moments(NamedTuple):
             if isinstance(count, Tensor) and count.dim() > 0:
                 count = count.squeeze(dim)
         return Moments(mean, var, count)
+
+    def _pool_across(self, dim: int, keepdim: bool, reduce: Reduce) -> Moments:
+        c = self.count if isinstance(self.count, Tensor) else torch.tensor(float(self.count), dtype=self.mean.dtype)
+        c = c.to(self.mean.dtype).expand_as(self.mean)
+        sums = (c * self.mean).sum(dim, keepdim=True)
+        total = c.sum(dim, keepdim=True)
+        packed = reduce(torch.cat([sums.reshape(-1), total.reshape(-1)]))
+        sums, total = packed[: sums.numel()].view_as(sums), packed[sums.numel() :].view_as(total)
+        mean = sums / total.clamp(min=1)
+        scatter = (c * (self.var + (self.mean - mean).square())).sum(dim, keepdim=True)
+        var = reduce(scatter.reshape(-1)).view_as(scatter) / total.clamp(min=1)
+        if not keepdim:
+            mean, var, total = mean.squeeze(dim), var.squeeze(dim), total.squeeze(dim)
+        return Moments(mean, var, total)
 
     def mix(self, mean_weights: Tensor, dim: int, var_weights: Tensor | None = None) -> Tensor | Moments:
         """Weighted mixture over ``dim`` (the statistics of several norms stacked there).
