@@ -384,8 +384,8 @@ Each row: normlab's module (a registry entry with its example configuration),
 its reference ("torch": the torch.nn twin holding the same state; "torch ops":
 torch's fastest equivalent with stock ops, e.g. permute -> F.layer_norm ->
 permute for LayerNorm2d as timm does; "generic": the registry's generic
-partition -> operation -> recovery composition, for entries torch lacks) and `y.copy_(x)` of the same tensor, timed in one
-process with interleaved repetitions; each time is the minimum over the
+partition -> operation -> recovery composition, for entries torch lacks) and
+`y.copy_(x)` of the same tensor, timed in one process with interleaved repetitions; each time is the minimum over the
 repetitions (caches flushed before each call). Forward runs under `torch.no_grad()`; fwd+bwd is
 `y = m(x); y.backward(g)` with `x.requires_grad` (gradients reset to None).
 `x / ref < 1`: normlab is faster; `x / copy`: time in units of one copy of the

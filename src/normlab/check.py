@@ -66,10 +66,15 @@ def _torch_twin(entry: NormEntry, module: nn.Module) -> nn.Module | None:
 
 
 def _reference(entry: NormEntry, module: nn.Module):
-    """``(name, fn(*inputs))``: the torch twin, else the oracle, else None (nothing independent to check)."""
+    """``(name, fn(*inputs))``: the torch twin, else torch's equivalent with stock ops, else the oracle,
+    else None (nothing independent to check). The oracle is checked in any case (see :func:`check_norm`)."""
     twin = _torch_twin(entry, module)
     if twin is not None:
         return entry.torch_twin, twin
+    if entry.torch_equivalent is not None:
+        ref_module = copy.deepcopy(module)
+        doc = (entry.torch_equivalent.__doc__ or "").strip().splitlines()[0].split(":")[0]
+        return f"torch ops: {doc}"[:36], lambda *inputs: entry.torch_equivalent(ref_module, *inputs)
     if entry.oracle is not None:
         oracle_module = copy.deepcopy(module)
         return "generic composition", lambda *inputs: entry.oracle(oracle_module, *inputs)
