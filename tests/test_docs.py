@@ -1,4 +1,7 @@
-"""The docs' Python examples run as pasted: every ```python block of a page, in order, in one fresh process."""
+"""The docs' Python examples run as pasted: every ```python block of a page, in order, in one fresh process.
+
+(docs/analysis.md has its own runner: tests/analysis/test_analysis_docs.py.)
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["framework.md"]
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ["docs/framework.md", "README.md"]
 
 
 def _blocks(page: Path) -> list[str]:
@@ -19,7 +22,7 @@ def _blocks(page: Path) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples_run(page, tmp_path):
-    blocks = _blocks(DOCS / page)
+    blocks = _blocks(ROOT / page)
     assert blocks, f"{page} has no python examples"
     script = tmp_path / "page.py"
     # A fresh process: the examples define classes and may register things; they must not leak into the suite.
