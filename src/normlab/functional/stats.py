@@ -121,7 +121,7 @@ class Moments(NamedTuple):
             mean, var, total = mean.squeeze(dim), var.squeeze(dim), total.squeeze(dim)
         return Moments(mean, var, total)
 
-    def mix(self, mean_weights: Tensor, dim: int, var_weights: Tensor | None = None) -> Tensor | Moments:
+    def mix(self, mean_weights: Tensor, dim: int, var_weights: Tensor | None = None) -> Moments:
         """Weighted mixture over ``dim`` (the statistics of several norms stacked there).
 
         ``mean = sum_k a_k mean_k`` and ``var = sum_k b_k var_k`` with ``a`` =
