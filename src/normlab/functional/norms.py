@@ -44,13 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import InvalidArgumentError, check_enough_values, check_groups, check_min_rank, check_tensor
+from .recovery import channel_affine
 from .stats import (
     Moments,
     accumulation_dtype,
+    apply_moments,
     combine_row_moments,
     estimate_moments,
     moments,
     row_moments,
+    track_batch,
     update_running,
 )
 
@@ -209,17 +212,62 @@ def batch_norm_with_stats(
     if _compiling():
         # Under torch.compile / torch.export: plain differentiable ops that the compiler fuses.
         stats = estimate_moments(input, (0, *range(2, input.dim())))
-        y = (input.to(stats.mean.dtype) - stats.mean) * torch.rsqrt(stats.var + eps)
-        if weight is not None:
-            y = y * _param_view(weight, input)
-        if bias is not None:
-            y = y + _param_view(bias, input)
+        y = channel_affine(apply_moments(input, stats, eps), weight, bias)
         return y.to(input.dtype), stats.detach()
     if stats_dtype is None:
         return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False), None
     mean, unbiased = torch.zeros((2, c), dtype=stats_dtype, device=input.device).unbind(0)
     y = torch.batch_norm(input, weight, bias, mean, unbiased, True, 1.0, eps, False)
     return y, Moments(mean, unbiased * ((count - 1) / count), count)
+
+
+def batch_norm_train(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    num_batches_tracked: Tensor | None,
+    momentum: float | Tensor | None,
+    eps: float,
+) -> Tensor:
+    """BN with batch statistics; then (last, the output exists) the batch is folded into the running buffers.
+
+    The input is validated by the caller. ``num_batches_tracked`` (if given)
+    counts the batch, an empty one too (as torch's; nothing is folded in);
+    ``momentum`` in torch's form, ``None`` for the cumulative average (with
+    ``num_batches_tracked``). The update is :func:`.stats.track_batch` with the
+    batch's :class:`.stats.Moments`, except on torch's-kernel road with a
+    float momentum: there the kernel folds the batch in itself with the same
+    EMA (torch's form, unbiased variance), an exact identity that saves
+    reading its statistics back (~40 us per call).
+    """
+    running = (running_mean, running_var)
+    ref = next((t for t in running if t is not None), None)
+    if (
+        ref is not None
+        and running_mean is not None
+        and running_var is not None
+        and isinstance(momentum, float)
+        and input.numel()
+        and not fast_road_applies(input)
+        and not _compiling()
+    ):
+        y = torch.batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps, False)
+        if num_batches_tracked is not None:
+            with torch.no_grad():
+                num_batches_tracked.add_(1)
+        return y
+    y, stats = batch_norm_with_stats(input, weight, bias, eps, None if ref is None else ref.dtype)
+    if stats is None or ref is None:  # an empty batch, or nothing to fold into: only counted
+        if num_batches_tracked is not None:
+            with torch.no_grad():
+                num_batches_tracked.add_(1)
+        return y
+    if momentum is None and num_batches_tracked is None:
+        momentum = 0.0  # torch's fallback: no counter, no cumulative average
+    track_batch(running, num_batches_tracked, stats, momentum)
+    return y
 
 
 def batch_norm(
@@ -249,12 +297,7 @@ def batch_norm(
             raise ValueError("batch_norm with training=False needs running_mean and running_var")
         return torch.batch_norm(input, weight, bias, running_mean, running_var, False, 0.0, eps, False)
     check_enough_values(input.numel() // c if c else 0, input, "channel")
-    running = (running_mean, running_var)
-    ref = next((t for t in running if t is not None), None)
-    y, stats = batch_norm_with_stats(input, weight, bias, eps, None if ref is None else ref.dtype)
-    if stats is not None and ref is not None:
-        update_running(running, stats, momentum)
-    return y
+    return batch_norm_train(input, weight, bias, running_mean, running_var, None, momentum, eps)
 
 
 def group_norm(

@@ -4,8 +4,8 @@ They subclass torch's classes, so the constructor, parameters, buffers,
 ``state_dict`` (loads strictly both ways), ``repr`` and ``isinstance`` checks
 are torch's own; the constructor validates its arguments first. ``forward``
 calls :func:`_batch_norm`, one ``torch.fx.wrap``-ed function that validates
-the input, computes the output (:func:`normlab.functional.norms.batch_norm_with_stats`)
-and only then updates the running statistics (:func:`normlab.functional.stats.track_batch`),
+the input, computes the output and only then updates the running statistics
+(:func:`normlab.functional.norms.batch_norm_train`),
 so a forward that raises changes no state, and ``torch.fx.symbolic_trace``,
 ``torch.export`` and ``torch.compile`` all see the whole computation.
 
@@ -33,7 +33,6 @@ from ..functional.checks import (
     check_rank,
     check_tensor,
 )
-from ..functional.stats import track_batch
 from .base import check_eps, check_momentum, check_positive_int
 
 
@@ -88,29 +87,9 @@ def _batch_norm(
     if not batch_stats:
         return torch.batch_norm(input, weight, bias, rm, rv, False, 0.0, eps, False)
     check_enough_values(input.numel() // num_features, input, "channel")
-    update = training and track_running_stats and (rm is not None or rv is not None)
-    if update and momentum is not None and rm is not None and rv is not None and input.numel():
-        if not N.fast_road_applies(input) and not torch.compiler.is_compiling():
-            # torch's kernel road: the kernel folds the batch into the buffers itself with the same
-            # EMA (torch's form, unbiased variance) as track_batch: an exact identity, ~40 us cheaper
-            # per call than reading its statistics back. Everything that can raise has been checked.
-            y = torch.batch_norm(input, weight, bias, rm, rv, True, momentum, eps, False)
-            if num_batches_tracked is not None:
-                with torch.no_grad():
-                    num_batches_tracked.add_(1)
-            return y
-    ref = rm if rm is not None else rv
-    y, stats = N.batch_norm_with_stats(input, weight, bias, eps, ref.dtype if update else None)
-    # Last: the output exists, so nothing below can leave the state half-updated.
-    if training and track_running_stats:
-        if stats is None or not update:  # an empty batch: counted, nothing to fold in (torch's behaviour)
-            if num_batches_tracked is not None:
-                with torch.no_grad():
-                    num_batches_tracked.add_(1)
-        else:
-            m = 0.0 if momentum is None and num_batches_tracked is None else momentum  # torch's fallback
-            track_batch((rm, rv), num_batches_tracked, stats, m)
-    return y
+    # Last (inside): the output exists before any buffer changes.
+    nbt = num_batches_tracked if training and track_running_stats else None
+    return N.batch_norm_train(input, weight, bias, rm, rv, nbt, momentum, eps)
 
 
 class _BatchNormMixin:
@@ -187,8 +166,9 @@ class BatchNorm2d(_BatchNormMixin, nn.BatchNorm2d):
 
     Statistics per channel over (N, H, W). In training on contiguous CPU
     input it computes per-(sample, channel) moments with two vectorized
-    reductions and applies the result in one fused pass (about 2-4x faster
-    than torch's kernel); otherwise it runs torch's kernel. Same arguments,
+    reductions and applies the result in one fused pass (0.36x torch's time at
+    32x64x48x48 in benchmarks/RESULTS.md); below 2^18 elements, on
+    channels-last and on short rows it runs torch's kernel. Same arguments,
     defaults, parameters and buffers as :class:`torch.nn.BatchNorm2d`.
 
     Shape: input ``(N, C, H, W)``, output the same (memory format kept).
