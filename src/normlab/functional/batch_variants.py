@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .checks import InvalidArgumentError, check_min_rank, check_tensor
-from .stats import Moments, Reduce, accumulation_dtype, estimate_moments, track_batch
+from .stats import Moments, Reduce, apply_moments, estimate_moments, track_batch
 
 __all__ = ["ghost_batch_norm", "ghost_batch_sizes", "ghost_moments"]
 
@@ -137,23 +137,8 @@ def ghost_moments(x: Tensor, virtual_batch_size: int, *, reduce: Reduce | None =
 def _normalize(
     x: Tensor, mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, channel_dim: int = 1
 ) -> Tensor:
-    """``(x - mean) * (rsqrt(var + eps) * weight) + bias`` in the accumulation dtype, cast back to ``x``'s.
-
-    ``mean``/``var`` broadcast against ``x``; ``weight``/``bias`` are ``(C,)``,
-    viewed along ``channel_dim`` of ``x``. Centering first
-    (no ``x * scale - mean * scale`` cancellation), then one fused
-    multiply-add; the output takes ``x``'s memory format (elementwise ops
-    follow their first full-size operand's strides).
-    """
-    xa = x.to(accumulation_dtype(x.dtype))
-    scale = torch.rsqrt(var.to(xa.dtype) + eps)
-    pshape = [1] * x.dim()
-    pshape[channel_dim] = -1
-    if weight is not None:
-        scale = scale * weight.to(xa.dtype).view(pshape)
-    xc = xa - mean.to(xa.dtype)
-    y = xc * scale if bias is None else torch.addcmul(bias.to(xa.dtype).view(pshape), xc, scale)
-    return y.to(x.dtype)
+    """:func:`~.stats.apply_moments` with the per-channel affine folded in, cast back to ``x``'s dtype."""
+    return apply_moments(x, (mean, var), eps, weight, bias, channel_dim).to(x.dtype)
 
 
 def _per_sample(t: Tensor, sizes: tuple[int, ...]) -> Tensor:

@@ -30,7 +30,7 @@ from torch import Tensor
 from .checks import check_enough_values, check_tensor
 from .partition import BatchPartition, InstancePartition, LayerPartition
 from .recovery import channel_affine
-from .stats import Moments, Reduce, accumulation_dtype, apply_moments, estimate_moments
+from .stats import Moments, Reduce, apply_moments, estimate_moments
 
 #: the components of Switchable Norm, in the order of its weight vectors (as the official code)
 SWITCHABLE_COMPONENTS = ("instance", "layer", "batch")
@@ -195,19 +195,8 @@ def switchable_norm(
     )
     acc = stacked.mean.dtype
     mixed = stacked.mix(torch.softmax(mean_weight.to(acc), 0), 0, torch.softmax(var_weight.to(acc), 0))
-    # One fused pass: y = (x - mu) * (gamma / sqrt(var + eps)) + beta with the
-    # per-(n, c) scale folded first. Centering before scaling keeps the
-    # precision of x - mu (folding mu into the shift, x * s + (beta - mu s),
-    # would lose |mu| / sigma ulps to cancellation).
-    scale = torch.rsqrt(mixed.var + eps)
-    if weight is not None:
-        scale = scale * _channel_view(weight.to(acc), x)
-    xa = x.to(accumulation_dtype(x.dtype))  # a no-op for float32/float64
-    centered = xa - mixed.mean
-    if bias is not None:
-        y = torch.addcmul(_channel_view(bias.to(acc), x), centered, scale)
-    else:
-        y = centered * scale
+    # One fused pass (the affine folded into the per-(n, c) scale, centering first).
+    y = apply_moments(x, mixed, eps, weight, bias)
     return y.to(x.dtype), batch
 
 

@@ -44,7 +44,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import InvalidArgumentError, check_enough_values, check_groups, check_min_rank, check_tensor
-from .recovery import channel_affine
 from .stats import (
     Moments,
     accumulation_dtype,
@@ -212,7 +211,7 @@ def batch_norm_with_stats(
     if _compiling():
         # Under torch.compile / torch.export: plain differentiable ops that the compiler fuses.
         stats = estimate_moments(input, (0, *range(2, input.dim())))
-        y = channel_affine(apply_moments(input, stats, eps), weight, bias)
+        y = apply_moments(input, stats, eps, weight, bias)
         return y.to(input.dtype), stats.detach()
     if stats_dtype is None:
         return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, False), None

@@ -392,14 +392,33 @@ def masked_moments(x: Tensor, mask: Tensor, dims: int | Sequence[int], *, reduce
 # ------------------------------------------------------------------- apply
 
 
-def apply_moments(x: Tensor, stats: Moments | tuple[Tensor, Tensor], eps: float) -> Tensor:
+def apply_moments(
+    x: Tensor,
+    stats: Moments | tuple[Tensor, Tensor],
+    eps: float,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channel_dim: int = 1,
+) -> Tensor:
     """``(x - mean) / sqrt(var + eps)`` with statistics that broadcast against ``x`` (any layout).
 
-    Computed in the accumulation dtype; the caller casts back.
+    With a per-channel ``weight``/``bias`` (``(C,)``, along ``channel_dim``) the
+    affine is folded in: ``(x - mean) * (rsqrt(var + eps) * weight) + bias`` in
+    one fused multiply-add over ``x`` (the scale is folded on the small
+    statistics tensor). Centering comes first: folding the mean into the shift
+    (``x * s + (bias - mean * s)``) would lose ``|mean| / std`` ulps to
+    cancellation. Computed in the accumulation dtype; the caller casts back;
+    elementwise ops follow ``x``'s strides, so its memory format is kept.
     """
     mean, var = stats[0], stats[1]
     xa = x.to(accumulation_dtype(x.dtype))
-    return (xa - mean.to(xa.dtype)) * torch.rsqrt(var.to(xa.dtype) + eps)
+    scale = torch.rsqrt(var.to(xa.dtype) + eps)
+    view = [1] * x.dim()
+    view[channel_dim] = -1
+    if weight is not None:
+        scale = scale * weight.to(xa.dtype).view(view)
+    xc = xa - mean.to(xa.dtype)
+    return xc * scale if bias is None else torch.addcmul(bias.to(xa.dtype).view(view), xc, scale)
 
 
 def apply_whitening(x: Tensor, whitening: Whitening, feature_dim: int, sample_dims: int | Sequence[int]) -> Tensor:
