@@ -214,16 +214,21 @@ def test_estimate_covariance_equals_loop_over_groups():
         estimate_covariance(x, 2, (2, 3))
 
 
-def test_apply_whitening_batched_equals_loop():
-    x = _randn(4, 3, 2, 6, seed=10)
+@pytest.mark.parametrize("shape", [(4, 3, 2, 6), (4, 3, 5, 2)], ids=["matmul-road-S>=D", "einsum-road-S<D"])
+def test_apply_whitening_batched_equals_loop(shape):
+    x = _randn(*shape, seed=10)
     c = estimate_covariance(x, 2, (0, 3))
     w = torch.linalg.inv(torch.linalg.cholesky(c.cov))  # some whitening matrix per group
     y = apply_whitening(x, Whitening(c.mean, w), feature_dim=2, sample_dims=(0, 3))
+    d = shape[2]
     for g in range(3):
         want = torch.einsum("de,nes->nds", w[g], x[:, g] - c.mean[g][None, :, None])
         assert_close(y[:, g], want, **TOL)
     yc = estimate_covariance(y, 2, (0, 3)).cov
-    assert_close(yc, torch.eye(2, dtype=torch.float64).expand(3, 2, 2), rtol=0, atol=1e-10)
+    assert_close(yc, torch.eye(d, dtype=torch.float64).expand(3, d, d), rtol=0, atol=1e-10)
+    # a layout outside the (..., D, S) road (features last) goes through the general contraction
+    yt = apply_whitening(x.movedim(2, 3), Whitening(c.mean, w), feature_dim=3, sample_dims=(0, 2))
+    assert_close(yt.movedim(3, 2), y, **TOL)
 
 
 def _brute_window(x, n, c, pos, window, cw):

@@ -12,16 +12,19 @@ def _check_param(p: Tensor, shape: tuple[int, ...], name: str) -> None:
 
 
 def channel_affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, dim: int = 1) -> Tensor:
-    """Per-channel ``gamma * y + beta`` for ``y`` of shape ``(N, C, *spatial)``."""
+    """Per-channel ``gamma * y + beta`` for ``y`` of shape ``(N, C, *spatial)`` (one fused pass with both)."""
     c = y.shape[dim]
     view = [1] * y.dim()
     view[dim] = c
+    for p, name in ((weight, "weight"), (bias, "bias")):
+        if p is not None:
+            _check_param(p, (c,), name)
+    if weight is not None and bias is not None:
+        return torch.addcmul(bias.to(y.dtype).view(view), y, weight.to(y.dtype).view(view))
     if weight is not None:
-        _check_param(weight, (c,), "weight")
-        y = y * weight.to(y.dtype).view(view)
+        return y * weight.to(y.dtype).view(view)
     if bias is not None:
-        _check_param(bias, (c,), "bias")
-        y = y + bias.to(y.dtype).view(view)
+        return y + bias.to(y.dtype).view(view)
     return y
 
 

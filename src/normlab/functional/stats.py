@@ -448,10 +448,21 @@ def apply_whitening(x: Tensor, whitening: Whitening, feature_dim: int, sample_di
     order = [*groups, fd]
     mean = whitening.mean.to(xa.dtype).permute(sorted(range(len(order)), key=lambda i: order[i]))
     mean = mean.reshape([x.shape[d] if (d in groups or d == fd) else 1 for d in range(nd)])
+    xc = xa - mean  # centering first: W x - W mean would cancel digits when the mean is large
+    w = whitening.matrix.to(xa.dtype)
+    s = x.shape[-1]
+    if fd == nd - 2 and sd and sd[-1] == nd - 1 and all(d in sd or d in groups for d in range(nd - 2)):
+        # The (..., D, S) layout of a coupled partition's view (BatchPartition(d): (N, G, d, S)):
+        # W broadcasts over the leading sample dims. S >= D: one batched matmul W @ xc (it
+        # materializes W per batch: at most the input's size); S < D (e.g. 2-D input, S = 1):
+        # einsum, whose transposes are input-sized copies instead of D times the input.
+        if s >= w.shape[-1]:
+            wb = w.reshape([x.shape[d] if d in groups else 1 for d in range(nd - 2)] + list(w.shape[-2:]))
+            return torch.matmul(wb, xc)
     letters = "abcdefghijklmnopqrstuvw"[:nd]
     src = "".join("z" if d == fd else letters[d] for d in range(nd))
     wsub = "".join(letters[d] for d in groups) + letters[fd] + "z"
-    return torch.einsum(f"{wsub},{src}->{letters}", whitening.matrix.to(xa.dtype), xa - mean)
+    return torch.einsum(f"{wsub},{src}->{letters}", w, xc)
 
 
 # ------------------------------------------------------- running statistics

@@ -27,8 +27,18 @@ import torch
 from torch import Tensor
 
 from .checks import InvalidArgumentError, check_min_rank, check_tensor
+from .norms import _channels_last_format
 from .partition import BatchPartition
-from .stats import Covariance, Reduce, Whitening, accumulation_dtype, estimate_covariance, track_batch
+from .recovery import channel_affine
+from .stats import (
+    Covariance,
+    Reduce,
+    Whitening,
+    accumulation_dtype,
+    apply_whitening,
+    estimate_covariance,
+    track_batch,
+)
 
 
 def check_iterations(T: object, owner: str) -> int:
@@ -173,32 +183,14 @@ def whiten_groups(x: Tensor, whitening: Whitening) -> Tensor:
     """``W (x - mean)`` per group of consecutive channels of ``x`` ``(N, C, *spatial)``.
 
     ``whitening.mean`` is ``(G, d)`` or ``(C,)`` and ``whitening.matrix``
-    ``(G, d, d)`` with ``C = G * d``. ``x`` is viewed (no copy) as
-    ``(N, G, d, S)`` and centered in the accumulation dtype (centering first:
-    ``W x - W mean`` would cancel digits when the mean is large). Then one
-    batched matmul for all groups, by the cheaper of two exact roads:
-
-    - ``S >= d``: ``matmul(W, x_c)``, batched over (N, G); ``W`` is broadcast
-      over N (matmul materializes that, N*G*d*d values: at most the input's size).
-    - ``S < d`` (e.g. 2-D input, ``S = 1``): contract as ``(G, N*S, d) @ W^T``
-      (einsum), whose transposes are input-sized copies instead of ``d`` times
-      the input.
-
-    Returns ``(N, C, *spatial)`` in the accumulation dtype (contiguous; the
-    caller restores the input's memory format).
+    ``(G, d, d)`` with ``C = G * d``: :func:`~normlab.functional.apply_whitening`
+    on the no-copy view ``(N, G, d, S)`` (one batched matmul for all groups).
+    Returns ``(N, C, *spatial)`` in the accumulation dtype.
     """
-    n = x.shape[0]
     g, d = whitening.matrix.shape[-3], whitening.matrix.shape[-1]
-    s = math.prod(x.shape[2:])
-    xa = x.to(accumulation_dtype(x.dtype))
-    xv = xa.reshape(n, g, d, s)
-    w = whitening.matrix.to(xa.dtype)
-    xc = xv - whitening.mean.to(xa.dtype).reshape(1, g, d, 1)
-    if s >= d:
-        y = torch.matmul(w, xc)
-    else:
-        y = torch.einsum("ged,ngds->nges", w, xc)
-    return y.reshape(x.shape)
+    view = x.reshape(x.shape[0], g, d, math.prod(x.shape[2:]))
+    mean = whitening.mean.reshape(g, d)
+    return apply_whitening(view, Whitening(mean, whitening.matrix), 2, (0, 3)).reshape(x.shape)
 
 
 def _check_converged(w: Tensor, sigma_cov: Tensor, eps: float) -> None:
@@ -315,27 +307,10 @@ def iter_norm(
             _check_converged(stats.matrix.detach(), cov.cov.detach(), eps)
     else:
         stats = Whitening(running_mean, running_wm)
-    y = whiten_groups(input, stats)
-    if weight is not None or bias is not None:
-        view = [1, c] + [1] * (input.dim() - 2)
-        if weight is not None and bias is not None:
-            y = torch.addcmul(bias.to(y.dtype).view(view), y, weight.to(y.dtype).view(view))
-        elif weight is not None:
-            y = y * weight.to(y.dtype).view(view)
-        else:
-            y = y + bias.to(y.dtype).view(view)
-    y = y.to(input.dtype, memory_format=_memory_format(input))
+    y = channel_affine(whiten_groups(input, stats), weight, bias)
+    y = y.to(input.dtype, memory_format=_channels_last_format(input) or torch.contiguous_format)
 
     # -- running statistics last, once the output exists
     if update:
         track_batch((running_mean, running_wm), num_batches_tracked, stats, momentum)
     return y
-
-
-def _memory_format(x: Tensor) -> torch.memory_format:
-    """The input's memory format, so the output keeps it (channels_last in, channels_last out)."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return torch.contiguous_format
