@@ -81,9 +81,9 @@ _ERRORS = (
         r"num_features \(8\) must be divisible by group_size \(3\).*valid group sizes for 8 channels: \[1, 2, 4, 8\]",
         ctor={"group_size": 3},
     ),
-    ErrorInput("zero-group-size", ValueError, r"group_size must be a positive int, got int 0", ctor={"group_size": 0}),
+    ErrorInput("zero-group-size", ValueError, r"group_size must be a positive int, got 0", ctor={"group_size": 0}),
     ErrorInput(
-        "float-group-size", TypeError, r"group_size must be a positive int, got float", ctor={"group_size": 4.0}
+        "float-group-size", TypeError, r"group_size must be an int, got the float 4.0; pass 4", ctor={"group_size": 4.0}
     ),
     ErrorInput("negative-T", ValueError, r"T must be a non-negative int .*got -1", ctor={"T": -1}),
     ErrorInput("float-T", TypeError, r"T must be an int, got the float 2.0; pass 2", ctor={"T": 2.0}),

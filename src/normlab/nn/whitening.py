@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import whitening as NW
-from ..functional.checks import InvalidArgumentError, check_channels, check_min_rank, check_tensor
+from ..functional.checks import check_channels, check_min_rank, check_tensor
 from .base import RunningStatsNorm, check_positive_int
 
 
@@ -152,10 +152,7 @@ class IterNorm(RunningStatsNorm):
     ) -> None:
         owner = type(self).__name__
         c = check_positive_int(num_features, "num_features", owner)
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-            raise InvalidArgumentError(
-                f"{owner}: group_size must be a positive int, got {type(group_size).__name__} {group_size!r}"
-            )
+        check_positive_int(group_size, "group_size", owner)
         # Plain attributes before Module.__init__: the base registers the running
         # buffers from _running_buffers(), which needs the group layout.
         self.group_size = NW.check_group_size(c, min(group_size, c), owner)
