@@ -67,15 +67,15 @@ def check_positive_int(value: object, name: str, owner: str) -> int:
     return value
 
 
-def check_eps(eps: object, owner: str, allow_zero: bool = True) -> float:
-    """``eps`` as a finite float >= 0 (> 0 unless ``allow_zero``)."""
+def check_eps(eps: object, owner: str, allow_zero: bool = True, added_to: str = "the variance") -> float:
+    """``eps`` as a finite float >= 0 (> 0 unless ``allow_zero``); ``added_to`` says where it goes, for the message."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise InvalidArgumentError(f"{owner}: eps must be a number, got {type(eps).__name__} {eps!r}")
     e = float(eps)
     if not math.isfinite(e) or e < 0 or (e == 0 and not allow_zero):
         want = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise InvalidArgumentError(
-            f"{owner}: eps must be {want} (it is added to the variance), got {eps!r}; the default is 1e-5"
+            f"{owner}: eps must be {want} (it is added to {added_to}), got {eps!r}; the default is 1e-5"
         )
     return e
 

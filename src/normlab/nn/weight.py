@@ -28,13 +28,12 @@ normalization are taken over that filter:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..functional.checks import InvalidArgumentError, check_tensor
+from .base import check_eps
 
 __all__ = ["WeightStandardization", "remove_weight_standardization", "standardize_weight", "weight_standardization"]
 
@@ -46,15 +45,7 @@ _SUPPORTED_NAMES = ", ".join(f"nn.{c.__name__}" for c in SUPPORTED_MODULES)
 
 
 def _check_ws_eps(eps: object, owner: str) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise InvalidArgumentError(f"{owner}: eps must be a number, got {type(eps).__name__} {eps!r}")
-    e = float(eps)
-    if not math.isfinite(e) or e < 0:
-        raise InvalidArgumentError(
-            f"{owner}: eps must be a finite number >= 0 (it is added to each filter's std), got {eps!r}; "
-            f"the default is 1e-5"
-        )
-    return e
+    return check_eps(eps, owner, added_to="each filter's std")
 
 
 def _check_correction(correction: object, owner: str) -> int:
