@@ -85,7 +85,7 @@ _ERRORS = (
     ErrorInput(
         "float-group-size", TypeError, r"group_size must be an int, got the float 4.0; pass 4", ctor={"group_size": 4.0}
     ),
-    ErrorInput("negative-T", ValueError, r"T must be a non-negative int .*got -1", ctor={"T": -1}),
+    ErrorInput("negative-T", ValueError, r"T must be a non-negative int, got -1", ctor={"T": -1}),
     ErrorInput("float-T", TypeError, r"T must be an int, got the float 2.0; pass 2", ctor={"T": 2.0}),
     ErrorInput("bool-T", TypeError, r"T must be a non-negative int, got bool", ctor={"T": True}),
     ErrorInput("negative-eps", ValueError, r"eps must be a finite number >= 0", ctor={"eps": -1.0}),

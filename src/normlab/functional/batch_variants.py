@@ -34,26 +34,14 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import InvalidArgumentError, check_min_rank, check_tensor
+from .checks import check_min_rank, check_positive_int, check_tensor
 from .stats import Moments, Reduce, apply_moments, estimate_moments, track_batch
 
 __all__ = ["ghost_batch_norm", "ghost_batch_sizes", "ghost_moments"]
 
 
 def _check_virtual_batch_size(virtual_batch_size: object, owner: str) -> int:
-    if isinstance(virtual_batch_size, float) and virtual_batch_size.is_integer():
-        raise InvalidArgumentError(
-            f"{owner}: virtual_batch_size must be an int, got the float {virtual_batch_size!r}; "
-            f"pass {int(virtual_batch_size)}"
-        )
-    if isinstance(virtual_batch_size, bool) or not isinstance(virtual_batch_size, int):
-        raise InvalidArgumentError(
-            f"{owner}: virtual_batch_size must be a positive int, got {type(virtual_batch_size).__name__} "
-            f"{virtual_batch_size!r}"
-        )
-    if virtual_batch_size <= 0:
-        raise InvalidArgumentError(f"{owner}: virtual_batch_size must be a positive int, got {virtual_batch_size}")
-    return virtual_batch_size
+    return check_positive_int(virtual_batch_size, "virtual_batch_size", owner)
 
 
 def ghost_batch_sizes(batch_size: int, virtual_batch_size: int) -> tuple[int, ...]:

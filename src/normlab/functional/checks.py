@@ -5,6 +5,8 @@ Errors name what was expected, what came, and (where there is one) the fix.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -111,3 +113,53 @@ def check_param_dtypes(x: Tensor, params: dict[str, Tensor | None], what: str) -
             f"(input.to({p.dtype})) or the module (module.to({x.dtype})); a float32 module also accepts "
             f"bfloat16/float16 input"
         )
+
+
+# ------------------------------------------------------------ arguments
+
+
+def check_int(value: object, name: str, owner: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or an :class:`InvalidArgumentError` naming what came (and the fix)."""
+    kind = "a positive int" if minimum == 1 else "a non-negative int" if minimum == 0 else f"an int >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            raise InvalidArgumentError(f"{owner}: {name} must be an int, got the float {value!r}; pass {int(value)}")
+        raise InvalidArgumentError(f"{owner}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{owner}: {name} must be {kind}, got {value}")
+    return value
+
+
+def check_positive_int(value: object, name: str, owner: str) -> int:
+    """``value`` as a positive int (:func:`check_int` with minimum 1)."""
+    return check_int(value, name, owner, 1)
+
+
+def check_eps(eps: object, owner: str, allow_zero: bool = True, added_to: str = "the variance") -> float:
+    """``eps`` as a finite float >= 0 (> 0 unless ``allow_zero``); ``added_to`` says where it goes, for the message."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise InvalidArgumentError(f"{owner}: eps must be a number, got {type(eps).__name__} {eps!r}")
+    e = float(eps)
+    if not math.isfinite(e) or e < 0 or (e == 0 and not allow_zero):
+        want = "a finite number >= 0" if allow_zero else "a finite number > 0"
+        raise InvalidArgumentError(
+            f"{owner}: eps must be {want} (it is added to {added_to}), got {eps!r}; the default is 1e-5"
+        )
+    return e
+
+
+def check_momentum(momentum: object, owner: str) -> float | None:
+    """``momentum`` as None (cumulative average) or a float in [0, 1] (torch's form)."""
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise InvalidArgumentError(
+            f"{owner}: momentum must be a float in [0, 1] or None, got {type(momentum).__name__}"
+        )
+    m = float(momentum)
+    if not (0.0 <= m <= 1.0):  # also False for NaN
+        raise InvalidArgumentError(
+            f"{owner}: momentum must be in [0, 1] (torch's form: running = (1 - m) * running + m * batch) "
+            f"or None (cumulative average), got {momentum!r}; a Keras-style momentum k is 1 - k here"
+        )
+    return m

@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor
 
-from .checks import InvalidArgumentError, check_min_rank, check_tensor
+from .checks import InvalidArgumentError, check_int, check_min_rank, check_positive_int, check_tensor
 from .norms import _channels_last_format
 from .partition import BatchPartition
 from .recovery import channel_affine
@@ -43,21 +43,12 @@ from .stats import (
 
 def check_iterations(T: object, owner: str) -> int:
     """``T`` as a non-negative int (the number of Newton steps), or an error naming what came."""
-    if isinstance(T, bool) or not isinstance(T, int):
-        if isinstance(T, float) and T.is_integer():
-            raise InvalidArgumentError(f"{owner}: T must be an int, got the float {T!r}; pass {int(T)}")
-        raise InvalidArgumentError(f"{owner}: T must be a non-negative int, got {type(T).__name__} {T!r}")
-    if T < 0:
-        raise InvalidArgumentError(f"{owner}: T must be a non-negative int (the number of Newton steps), got {T}")
-    return T
+    return check_int(T, "T", owner, minimum=0)
 
 
 def check_group_size(num_channels: int, group_size: object, owner: str) -> int:
     """``group_size`` as a positive int dividing ``num_channels``, or an error listing the valid sizes."""
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
-        raise InvalidArgumentError(
-            f"{owner}: group_size must be a positive int, got {type(group_size).__name__} {group_size!r}"
-        )
+    check_positive_int(group_size, "group_size", owner)
     if num_channels % group_size:
         valid = [d for d in range(1, num_channels + 1) if num_channels % d == 0]
         raise InvalidArgumentError(

@@ -44,57 +44,19 @@ attribute is the protocol :func:`normlab.registry.statistics_kind` reads.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import InvalidArgumentError
+from ..functional.checks import check_eps, check_momentum, check_positive_int
 from ..functional.stats import Statistics, track_batch
 
 Init = Callable[[Tensor], object]
 
-
-def check_positive_int(value: object, name: str, owner: str) -> int:
-    """``value`` as a positive int, or a ValueError/TypeError naming what came."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            raise InvalidArgumentError(f"{owner}: {name} must be an int, got the float {value!r}; pass {int(value)}")
-        raise InvalidArgumentError(f"{owner}: {name} must be a positive int, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise InvalidArgumentError(f"{owner}: {name} must be a positive int, got {value}")
-    return value
-
-
-def check_eps(eps: object, owner: str, allow_zero: bool = True, added_to: str = "the variance") -> float:
-    """``eps`` as a finite float >= 0 (> 0 unless ``allow_zero``); ``added_to`` says where it goes, for the message."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise InvalidArgumentError(f"{owner}: eps must be a number, got {type(eps).__name__} {eps!r}")
-    e = float(eps)
-    if not math.isfinite(e) or e < 0 or (e == 0 and not allow_zero):
-        want = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise InvalidArgumentError(
-            f"{owner}: eps must be {want} (it is added to {added_to}), got {eps!r}; the default is 1e-5"
-        )
-    return e
-
-
-def check_momentum(momentum: object, owner: str) -> float | None:
-    """``momentum`` as None (cumulative average) or a float in [0, 1] (torch's form)."""
-    if momentum is None:
-        return None
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise InvalidArgumentError(
-            f"{owner}: momentum must be a float in [0, 1] or None, got {type(momentum).__name__}"
-        )
-    m = float(momentum)
-    if not (0.0 <= m <= 1.0):  # also False for NaN
-        raise InvalidArgumentError(
-            f"{owner}: momentum must be in [0, 1] (torch's form: running = (1 - m) * running + m * batch) "
-            f"or None (cumulative average), got {momentum!r}; a Keras-style momentum k is 1 - k here"
-        )
-    return m
+# The constructor validators live in normlab.functional.checks (functional code uses them too);
+# re-exported here for the modules.
+__all__ = ["RunningStatsNorm", "check_eps", "check_momentum", "check_positive_int"]
 
 
 class RunningStatsNorm(nn.Module):

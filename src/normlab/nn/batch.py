@@ -29,11 +29,13 @@ from ..functional.checks import (
     InvalidArgumentError,
     check_channels,
     check_enough_values,
+    check_eps,
+    check_momentum,
     check_param_dtypes,
+    check_positive_int,
     check_rank,
     check_tensor,
 )
-from .base import check_eps, check_momentum, check_positive_int
 
 
 def _check_constructor_eps(eps: object, owner: str) -> float:

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 
 from ..functional.batch_variants import ghost_batch_norm
-from ..functional.checks import check_channels, check_rank, check_tensor
-from .base import RunningStatsNorm, check_positive_int
+from ..functional.checks import check_channels, check_positive_int, check_rank, check_tensor
+from .base import RunningStatsNorm
 
 __all__ = ["GhostBatchNorm"]
 

@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional.checks import InputDTypeError, InvalidArgumentError, check_tensor
+from ..functional.checks import InputDTypeError, InvalidArgumentError, check_positive_int, check_tensor
 from ..functional.recovery import modulate
 from ..functional.stats import accumulation_dtype
-from .base import check_positive_int
 
 _ONE_HOT = "F.one_hot(labels, label_nc).permute(0, 3, 1, 2).float()"
 

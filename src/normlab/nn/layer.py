@@ -23,14 +23,16 @@ from ..functional.checks import (
     InvalidArgumentError,
     check_channels,
     check_enough_values,
+    check_eps,
     check_groups,
     check_min_rank,
+    check_momentum,
     check_param_dtypes,
+    check_positive_int,
     check_rank,
     check_tensor,
 )
 from ..functional.stats import update_running
-from .base import check_eps, check_momentum, check_positive_int
 
 
 def check_normalized_shape(normalized_shape: object, owner: str) -> tuple[int, ...]:

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import norms as N
-from ..functional.checks import InvalidArgumentError
-from .base import check_positive_int
+from ..functional.checks import InvalidArgumentError, check_positive_int
 
 
 def _check_finite(value: object, name: str, owner: str) -> float:

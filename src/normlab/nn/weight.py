@@ -32,8 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..functional.checks import InvalidArgumentError, check_tensor
-from .base import check_eps
+from ..functional.checks import InvalidArgumentError, check_eps, check_tensor
 
 __all__ = ["WeightStandardization", "remove_weight_standardization", "standardize_weight", "weight_standardization"]
 

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import whitening as NW
-from ..functional.checks import check_channels, check_min_rank, check_tensor
-from .base import RunningStatsNorm, check_positive_int
+from ..functional.checks import check_channels, check_min_rank, check_positive_int, check_tensor
+from .base import RunningStatsNorm
 
 
 @torch.fx.wrap
