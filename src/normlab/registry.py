@@ -32,17 +32,30 @@ override those in the spec.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import nn as nlnn
-from .functional import generic
+from .functional import (
+    BatchPartition,
+    Whitening,
+    apply_whitening,
+    channel_affine,
+    estimate_covariance,
+    generic,
+    modulate,
+)
 from .functional.checks import InvalidArgumentError
+from .functional.mixture import switchable_norm_generic
+from .functional.whitening import newton_schulz_whitening
 
 StatisticsKind = Literal["batch", "sample", "none"]
 _KINDS = ("batch", "sample", "none")
@@ -294,17 +307,12 @@ def _oracle_cln(m, x):
 
 def _permute_layer_norm(m, x):
     """timm's LayerNorm2d: permute to channels-last, F.layer_norm over C, permute back."""
-    import torch.nn.functional as F
-
     y = F.layer_norm(x.movedim(1, -1), (x.shape[1],), m.weight, m.bias, m.eps)
     return y.movedim(-1, 1)
 
 
 def _chunked_batch_norm(m, x):
     """Ghost BN with stock ops: torch's batch_norm on each ghost batch, concatenated (eval: one call)."""
-    import torch
-    import torch.nn.functional as F
-
     if not m.use_batch_stats():
         return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
     chunks = x.split(m.virtual_batch_size)
@@ -491,10 +499,6 @@ for _entry in (
 
 def _oracle_ghost_bn(m, x):
     """Per ghost batch (``x.split(B)``, the last may be smaller): BN partition -> standardize; channel affine."""
-    import torch
-
-    from .functional.partition import BatchPartition
-    from .functional.recovery import channel_affine
 
     def batch() -> Tensor:
         ys = [BatchPartition().standardize(chunk, m.eps)[0] for chunk in x.split(m.virtual_batch_size)]
@@ -529,11 +533,6 @@ register_norm(
 # --- whitening
 def _oracle_iternorm(m, x):
     """IterNorm by the generic road in float64: group to (R, D, M), covariance, Newton, apply, ungroup, affine."""
-    import torch
-
-    from .functional import BatchPartition, Whitening, apply_whitening, channel_affine, estimate_covariance
-    from .functional.whitening import newton_schulz_whitening
-
     x64 = x.to(torch.float64)
     part = BatchPartition(m.group_size)
     xg = part.group(x64)  # (G, d, N*S): a permuted copy
@@ -579,7 +578,6 @@ register_norm(
 # --- mixtures
 def _oracle_sn(m, x):
     """Switchable Norm as the generic composition (each component's moments by its own partition), float64."""
-    from .functional.mixture import switchable_norm_generic
 
     def f64(t):
         return None if t is None else t.detach().double()
@@ -625,12 +623,6 @@ register_norm(
 # --- conditional recovery
 def _oracle_spade(m, x, condition):
     """The inner norm's own oracle (its current mode) -> nearest resize -> conv, relu, convs -> modulate."""
-    import copy
-
-    import torch.nn.functional as F
-
-    from .functional.recovery import modulate
-
     inner = m.param_free_norm
     entry = entry_for_module(inner)
     if entry is not None and entry.oracle is not None:
