@@ -13,7 +13,7 @@ import pytest
 
 import normlab
 from normlab.cli import main
-from normlab.runs import RunIndex
+from normlab.runs import RUNS_DIR, RunIndex
 from test_report import Elements, decode_data_uri, png_size
 
 CLAIM = "gn-ln-in"  # the fastest claim (a float64 property check, well under a second in quick mode)
@@ -39,10 +39,18 @@ def test_claims_lists_implemented_and_pending(capsys):
         assert by_id[p.id].endswith(f"pending (needs {p.needs})")
 
 
+def _run_dir(out: Path) -> Path:
+    (d,) = sorted((out / RUNS_DIR).iterdir())
+    return d
+
+
 def test_reproduce_end_to_end(reproduced: Path, capsys):
-    result = json.loads((reproduced / CLAIM / "result.json").read_text())
-    assert result["mode"] == "quick" and result["verdict"]["status"] == "holds"
-    assert (reproduced / CLAIM / "figure.png").is_file()
+    d = _run_dir(reproduced)
+    result = json.loads((d / "result.json").read_text())
+    assert result["mode"] == "quick" and result["verdict"]["status"] == "inconclusive"  # quick never decides
+    assert result["reading"] == "holds"
+    assert result["command"] == ["normlab", "reproduce", CLAIM, "--quick", "--out", str(reproduced)]
+    assert (d / "figure.png").is_file()
     page = Elements((reproduced / "report.html").read_text())
     assert page.rows() == {CLAIM} and set(page.images()) == {CLAIM}
     assert f"`{CLAIM}`" in (reproduced / "summary.md").read_text()
@@ -50,11 +58,11 @@ def test_reproduce_end_to_end(reproduced: Path, capsys):
 
 def test_reproduce_prints_table_and_report_path(tmp_path: Path, capsys):
     out = tmp_path / "o"
-    assert main(["reproduce", CLAIM, "--quick", "--seeds", "2", "--out", str(out)]) == 0
+    assert main(["reproduce", CLAIM, "--seeds", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"report: {out / 'report.html'}" in text and f"summary: {out / 'summary.md'}" in text
     row = next(line for line in text.splitlines() if line.startswith(CLAIM + " "))
-    assert row.split()[1:4] == ["HOLDS", "quick", "2"]
+    assert row.split()[1:4] == ["HOLDS", "full", "2"]  # an identity: min_seeds 1
 
 
 def test_reproduce_unknown_id_exits_2(tmp_path: Path, capsys):
@@ -88,7 +96,18 @@ def test_reproduce_pending_and_usage_errors(tmp_path: Path, capsys):
     assert "give claim ids or --all" in capsys.readouterr().err
     assert main(["reproduce", CLAIM, "--all", "--out", str(tmp_path)]) == 2  # both
     assert main(["reproduce", CLAIM, "--seeds", "0", "--out", str(tmp_path)]) == 2
-    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert "seeds '0' select no seed" in capsys.readouterr().err
+    for flag, value, message in (
+        ("--jobs", "0", "--jobs must be >= 1"),
+        ("--threads", "-3", "--threads must be >= 1"),
+        ("--shard", "3/2", "shard i/n needs"),
+        ("--seeds", "x", "seeds must be a count"),
+    ):
+        assert main(["reproduce", CLAIM, flag, value, "--out", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    assert main(["reproduce", CLAIM, "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_report_command(reproduced: Path, tmp_path: Path, capsys):
@@ -98,31 +117,55 @@ def test_report_command(reproduced: Path, tmp_path: Path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
-    assert "no claim results" in capsys.readouterr().err
+    assert "no complete claim run" in capsys.readouterr().err
+    assert main(["report", str(reproduced), str(reproduced), "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "report.html").is_file()
 
 
 def test_runs_lists_and_compares(reproduced: Path, tmp_path: Path, capsys):
     assert main(["runs", "--out", str(reproduced)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["run", "claim", "mode", "seeds", "status", "seconds", "started"]
-    assert any(line.split()[1:5] == [CLAIM, "quick", "1", "holds"] for line in lines[1:])
+    assert lines[0].split() == ["run", "claim", "mode", "seeds", "state", "verdict", "seconds", "started"]
+    assert any(line.split()[1:6] == [CLAIM, "quick", "0", "complete", "inconclusive"] for line in lines[1:])
 
     index = RunIndex(tmp_path)
-    for run_id, status, numbers in (
-        ("a-run", "holds", {"slope": 1.0, "only_a": 3}),
-        ("b-run", "fails", {"slope": 0.25}),
+    for run_id, status, numbers, lr in (
+        ("a-run-1", "holds", {"slope": 1.0, "only_a": 3}, 0.1),
+        ("b-run-2", "fails", {"slope": 0.25}, 0.2),
     ):
-        index.add(run_id, "fake", "full", [0, 1, 2], 1_700_000_000.0, 12.0, status, numbers, tmp_path / "fake")
-    assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "b-run"]) == 0
+        d = tmp_path / RUNS_DIR / run_id
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"params": {"lr": lr, "steps": 10}}))
+        index.add(
+            {
+                "run_id": run_id,
+                "claim": "fake",
+                "mode": "full",
+                "seeds": [0, 1, 2],
+                "started": 1_700_000_000.0,
+                "seconds": 12.0,
+                "state": "complete",
+                "status": status,
+                "numbers": numbers,
+                "path": f"{RUNS_DIR}/{run_id}",
+            }
+        )
+    assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "b-run"]) == 0  # unique prefixes
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
-    assert rows["a-run"] == ["b-run"]
-    assert rows["status"] == ["holds", "fails"] and rows["slope"] == ["1", "0.25"] and rows["only_a"] == ["3", "-"]
-
+    assert rows["a-run-1"] == ["b-run-2", "b", "-", "a", "b", "/", "a"]
+    assert rows["status"] == ["holds", "fails"] and rows["only_a"] == ["3", "-"]
+    assert rows["slope"] == ["1", "0.25", "-0.75", "0.25"]  # difference and ratio
+    assert rows["param"] == ["lr", "0.1", "0.2"]  # the config that differs (steps does not)
     assert main(["runs", "--out", str(tmp_path), "--claim", "other"]) == 0
     assert "no runs of other" in capsys.readouterr().out
     assert main(["runs", "--out", str(tmp_path), "--compare", "a-run", "nope"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
     assert main(["runs", "--out", str(tmp_path / "missing")]) == 2
+    (tmp_path / "index.sqlite").write_text("garbage" * 50)
+    assert main(["runs", "--out", str(tmp_path)]) == 2
+    assert "--rebuild-index" in capsys.readouterr().err
+    assert main(["runs", "--out", str(tmp_path), "--rebuild-index"]) == 0
+    assert "rebuilt" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- list, info, check
@@ -236,8 +279,7 @@ def test_report_in_headless_browser(reproduced: Path, tmp_path: Path):
     if browser is None:
         pytest.skip("chromium not installed: apt-get install chromium (`.ci/run` installs it)")
     report = reproduced / "report.html"
-    expected = {p.name for p in reproduced.iterdir() if (p / "result.json").is_file()}
-    assert expected == {CLAIM}
+    expected = {CLAIM}
 
     # The DOM as the browser built it, with what it decoded for each image.
     probe = tmp_path / "report-probe.html"

@@ -13,6 +13,7 @@ import pytest
 
 from normlab.report import ReportError, format_text_table, load_results, write_report
 from normlab.report.build import PNG_SIGNATURE
+from normlab.runs import RUNS_DIR, RunIndex
 
 
 def tiny_png(width: int = 4, height: int = 3) -> bytes:
@@ -78,9 +79,27 @@ ENV = {
 }
 
 
-def fake_result(out: Path, cid: str, status: str, reason: str, numbers: dict, error: str | None = None, png=True):
-    d = out / cid
+def fake_result(
+    out: Path,
+    cid: str,
+    status: str,
+    reason: str,
+    numbers: dict,
+    error: str | None = None,
+    png=True,
+    state="complete",
+    started=1_700_000_000.0,
+):
+    """A run directory OUT/runs/<cid>-run/ as the runner writes it, indexed."""
+    run_id = f"{cid}-run-{int(started)}"
+    d = out / RUNS_DIR / run_id
     d.mkdir(parents=True)
+    info = {"run_id": run_id, "claim": cid, "mode": "quick", "seeds": [0, 1, 2], "started": started}
+    (d / "run.json").write_text(json.dumps({**info, "state": state}))
+    (d / "rows.json").write_text(json.dumps([{"seed": 0, "value": 1.0}]))
+    RunIndex(out).add(
+        {**info, "seconds": 75.3, "state": state, "status": status, "numbers": numbers, "path": f"{RUNS_DIR}/{run_id}"}
+    )
     if png:
         (d / "figure.png").write_bytes(tiny_png())
     record = {
@@ -92,10 +111,15 @@ def fake_result(out: Path, cid: str, status: str, reason: str, numbers: dict, er
         "rule": "x <= 1e-6",
         "mode": "quick",
         "seeds": [0, 1, 2],
-        "verdict": {"status": status, "reason": reason, "numbers": numbers},
-        "evidence": {"values": [1.0, 2.0]},
+        "verdict": {
+            "status": status,
+            "reason": reason,
+            "numbers": numbers,
+            "parts": [{"name": "p", "status": status, "text": f"part of {cid}"}],
+            "checks": [{"name": "c", "passed": True, "text": f"check of {cid}"}],
+        },
         "seconds": 75.3,
-        "started": 1_700_000_000.0,
+        "started": started,
         "figure": "figure.png" if png else None,
         "error": error,
         "env": ENV,
@@ -120,7 +144,8 @@ def out(tmp_path: Path) -> Path:
         error="Traceback (most recent call last):\n  <b>boom</b>\nRuntimeError: boom",
         png=False,
     )
-    (root / "not-a-claim").mkdir()  # a directory without result.json is ignored
+    (root / "not-a-claim").mkdir()  # a directory outside runs/ is ignored
+    fake_result(root, "fake-holds", "fails", "an interrupted rerun", {}, state="interrupted", started=1_800_000_000.0)
     return root
 
 
@@ -140,7 +165,8 @@ def test_html_has_every_row_and_figure(out: Path):
     assert "RuntimeError: boom" in text  # the error is shown
     assert "Test CPU" in text and "abc1234" in text and "2.13.0+cpu" in text  # the environment
     assert "3 claims: 1 holds, 1 fails, 1 inconclusive (1 with an error)" in text
-    assert "not-a-claim" not in text
+    assert "not-a-claim" not in text and "an interrupted rerun" not in text  # only complete runs are results
+    assert "part of fake-holds" in text and "check of fake-holds" in text  # evidence and checks, apart
 
 
 def test_html_escapes_text(out: Path):
@@ -180,7 +206,10 @@ def test_summary_markdown(out: Path):
     assert lines[header + 1] == "|" + "---|" * n_cols
     rows = {line.split(" | ")[0][2:]: line for line in lines[header + 2 : header + 5]}
     assert set(rows) == {"`fake-holds`", "`fake-fails`", "`fake-error`"}
-    assert "**holds**" in rows["`fake-holds`"] and "[figure.png](fake-holds/figure.png)" in rows["`fake-holds`"]
+    assert (
+        "**holds**" in rows["`fake-holds`"]
+        and "[figure.png](runs/fake-holds-run-1700000000/figure.png)" in rows["`fake-holds`"]
+    )
     assert "**inconclusive** (error)" in rows["`fake-error`"]
     fails = rows["`fake-fails`"]
     assert "&lt;script&gt;" in fails and "<script>" not in md
@@ -198,8 +227,8 @@ def test_text_table(out: Path):
 
 
 def test_unreadable_result_is_a_problem_not_a_crash(out: Path):
-    (out / "broken").mkdir()
-    (out / "broken" / "result.json").write_text("{not json")
+    fake_result(out, "broken", "holds", "", {})
+    (out / RUNS_DIR / "broken-run-1700000000" / "result.json").write_text("{not json")
     results, problems = load_results(out)
     assert len(results) == 3 and len(problems) == 1 and "broken" in problems[0]
     html_text = write_report(out)[0].read_text()
@@ -207,7 +236,7 @@ def test_unreadable_result_is_a_problem_not_a_crash(out: Path):
 
 
 def test_figure_that_is_not_png(out: Path):
-    (out / "fake-holds" / "figure.png").write_bytes(b"GIF89a not a png")
+    (out / RUNS_DIR / "fake-holds-run-1700000000" / "figure.png").write_bytes(b"GIF89a not a png")
     page = Elements(write_report(out)[0].read_text())
     assert "fake-holds" not in page.images()
     assert "figure.png is not a readable PNG" in "".join(page.text)
@@ -220,6 +249,22 @@ def test_bad_directories(tmp_path: Path):
     with pytest.raises(ReportError, match="not a directory"):
         write_report(tmp_path / "file")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ReportError, match="no claim results"):
+    with pytest.raises(ReportError, match="no complete claim run"):
         write_report(tmp_path / "empty")
     assert not (tmp_path / "empty" / "report.html").exists()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "index.sqlite").write_text("garbage" * 100)
+    with pytest.raises(ReportError, match="--rebuild-index"):
+        write_report(tmp_path / "bad")
+
+
+def test_merging_output_roots(tmp_path: Path):
+    """Shards of a job array: the latest complete run of each claim over every root."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_result(a, "one", "holds", "a's one", {}, started=1.0)
+    fake_result(a, "two", "holds", "a's two", {}, started=1.0)
+    fake_result(b, "two", "fails", "b's two", {}, started=2.0)
+    html_path, _ = write_report([a, b], tmp_path / "merged")
+    assert html_path == tmp_path / "merged" / "report.html"
+    text = "".join(Elements(html_path.read_text()).text)
+    assert "a's one" in text and "b's two" in text and "a's two" not in text

@@ -105,61 +105,94 @@ def _cmd_claims(args: argparse.Namespace) -> int:
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from .claims import CLAIMS, PENDING
-    from .claims.runner import reproduce
+    from .claims.runner import Interrupted, parse_seeds, parse_shard, reproduce, select_shard
     from .report import ReportError, format_text_table, write_report
+    from .runs import IndexError_
+
+    def usage(msg: str) -> int:
+        print(f"normlab reproduce: {msg}", file=sys.stderr)
+        return 2
 
     if args.all == bool(args.ids):
-        print("normlab reproduce: give claim ids or --all (not both); see `normlab claims`", file=sys.stderr)
-        return 2
+        return usage("give claim ids or --all (not both); see `normlab claims`")
     ids = list(CLAIMS) if args.all else list(dict.fromkeys(args.ids))
     pending = [i for i in ids if i in PENDING]
     unknown = [i for i in ids if i not in CLAIMS and i not in PENDING]
     if unknown:
-        print(
-            f"normlab reproduce: unknown claim id{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-            f"known claims: {', '.join(CLAIMS) or '(none)'}",
-            file=sys.stderr,
-        )
-        return 2
+        s = "s" if len(unknown) > 1 else ""
+        return usage(f"unknown claim id{s} {', '.join(unknown)}; known claims: {', '.join(CLAIMS) or '(none)'}")
     if pending:
-        for i in pending:
-            print(f"normlab reproduce: claim {i!r} is pending: it needs {PENDING[i].needs}", file=sys.stderr)
-        return 2
-    if args.seeds is not None and args.seeds < 1:
-        print(f"normlab reproduce: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
-        return 2
+        return usage("; ".join(f"claim {i!r} is pending: it needs {PENDING[i].needs}" for i in pending))
+    try:
+        if args.seeds is not None:
+            parse_seeds(args.seeds, 1)
+        shard = parse_shard(args.shard)
+    except ValueError as err:
+        return usage(str(err))
+    if args.jobs < 1:
+        return usage(f"--jobs must be >= 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        return usage(f"--threads must be >= 1, got {args.threads}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return usage(f"--out {args.out!r} is a file; give a directory (it is created if missing)")
+    ids = select_shard(ids, shard)
+    if not ids:
+        return usage(f"shard {args.shard} of {len(CLAIMS) if args.all else len(args.ids)} claims selects none")
     if args.threads is not None:
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     try:
-        results = reproduce(ids, args.out, quick=args.quick, seeds=args.seeds)
-        html_path, md_path = write_report(args.out)
-    except (OSError, ReportError) as err:
-        print(f"normlab reproduce: {err}", file=sys.stderr)
-        return 2
+        results = reproduce(
+            ids, out, quick=args.quick, seeds=args.seeds, jobs=args.jobs, command=["normlab", *args.argv]
+        )
+        html_path, md_path = write_report(out)
+    except Interrupted as err:
+        where = ", ".join(p.name for p in err.runs) or "none started"
+        print(f"\nnormlab reproduce: interrupted; unfinished runs recorded as interrupted: {where}", file=sys.stderr)
+        return 130
+    except (OSError, ReportError, IndexError_) as err:
+        return usage(str(err))
     print("\n" + format_text_table(results))
     print(f"\nreport: {html_path}\nsummary: {md_path}")
     return 0  # a verdict, even `fails`, is a result, not an error
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from .runs import RunIndex
+    from .runs import IndexError_, RunIndex
 
     if not Path(args.out).is_dir():
         print(f"normlab runs: output directory {args.out!r} does not exist", file=sys.stderr)
         return 2
+    index = RunIndex(args.out)
+    if args.rebuild_index:
+        n, moved = index.rebuild()
+        kept = f"; the old index is kept as {moved}" if moved else ""
+        print(f"rebuilt {index.path} from {n} run director{'y' if n == 1 else 'ies'}{kept}")
+        return 0
     try:
-        return _show_runs(RunIndex(args.out), args)
-    except sqlite3.Error as err:
-        print(f"normlab runs: cannot read the index {RunIndex(args.out).path}: {err}", file=sys.stderr)
+        return _show_runs(index, args)
+    except IndexError_ as err:
+        print(f"normlab runs: {err}", file=sys.stderr)
         return 2
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
 
 
 def _show_runs(index, args: argparse.Namespace) -> int:
     import time
+
+    from .runs import read_json
 
     if args.compare:
         try:
@@ -167,32 +200,62 @@ def _show_runs(index, args: argparse.Namespace) -> int:
         except KeyError as err:
             print(f"normlab runs: {err.args[0]}; list them with `normlab runs --out {args.out}`", file=sys.stderr)
             return 2
-        rows = [("", a["run_id"], b["run_id"])]
-        rows += [(k, str(a[k]), str(b[k])) for k in ("claim", "mode", "status")]
-        rows += [
-            ("seeds", str(len(a["seeds"])), str(len(b["seeds"]))),
-            ("seconds", f"{a['seconds']:.1f}", f"{b['seconds']:.1f}"),
-        ]
+        rows = [("", a["run_id"], b["run_id"], "b - a", "b / a")]
+        rows += [(k, str(a[k]), str(b[k]), "", "") for k in ("claim", "mode", "state", "status")]
+        rows.append(("seeds", str(a["seeds"]), str(b["seeds"]), "", ""))
+        rows.append(("seconds", _num(a["seconds"]), _num(b["seconds"]), "", ""))
+        configs = []
+        for r in (a, b):
+            try:
+                configs.append(_flat(read_json(Path(r["path"]) / "config.json").get("params")))
+            except (OSError, ValueError):
+                configs.append({})
+        changed = [k for k in dict.fromkeys([*configs[0], *configs[1]]) if configs[0].get(k) != configs[1].get(k)]
+        rows += [(f"param {k}", _num(configs[0].get(k)), _num(configs[1].get(k)), "", "") for k in changed]
+        if not changed:
+            rows.append(("params", "(identical)", "(identical)", "", ""))
         for k in dict.fromkeys([*a["numbers"], *b["numbers"]]):
-            rows.append((k, _num(a["numbers"].get(k)), _num(b["numbers"].get(k))))
+            va, vb = a["numbers"].get(k), b["numbers"].get(k)
+            diff = ratio = ""
+            if isinstance(va, (int, float)) and isinstance(vb, (int, float)):
+                diff = _num(vb - va)
+                ratio = _num(vb / va) if va else ""
+            rows.append((k, _num(va), _num(vb), diff, ratio))
         print(_table(rows))
         return 0
-    runs = index.list(args.claim)
+    problems: list[str] = []
+    runs = index.list(args.claim, problems=problems)
+    for p in problems:
+        print(f"normlab runs: warning: {p}", file=sys.stderr)
     if not runs:
         print(f"no runs{f' of {args.claim}' if args.claim else ''} indexed in {args.out}")
         return 0
-    rows = [("run", "claim", "mode", "seeds", "status", "seconds", "started")]
+    rows = [("run", "claim", "mode", "seeds", "state", "verdict", "seconds", "started")]
     for r in runs:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["started"]))
+        seeds = r["seeds"]
         rows.append(
-            (r["run_id"], r["claim"], r["mode"], str(len(r["seeds"])), r["status"], f"{r['seconds']:.1f}", started)
+            (
+                r["run_id"],
+                r["claim"],
+                r["mode"],
+                f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0]) if seeds else "-",
+                r["state"],
+                r["status"] or "-",
+                _num(r["seconds"]),
+                started,
+            )
         )
     print(_table(rows))
     return 0
 
 
 def _num(v) -> str:
-    return "-" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v))
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
 
 
 def _table(rows: list[tuple[str, ...]]) -> str:
@@ -204,8 +267,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .report import ReportError, load_results, write_report
 
     try:
-        html_path, md_path = write_report(args.dir)
-        results, problems = load_results(args.dir)
+        html_path, md_path = write_report(args.dirs, args.out)
+        results, problems = load_results(args.dirs)
     except ReportError as err:
         print(f"normlab report: {err}", file=sys.stderr)
         return 2
@@ -233,24 +296,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="*", metavar="ID", help="claim ids (see `normlab claims`)")
     p.add_argument("--all", action="store_true", help="every implemented claim")
     p.add_argument("--quick", action="store_true", help="seconds per claim: a pipeline check, not the verdict")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per claim (default: the claim's; 1 with --quick)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="a count (5: seeds 0-4), an inclusive range (5-9) or a list (0,3,7); default: the claim's "
+        "(5 or more in full mode, 1 with --quick); fewer than the claim's minimum gives inconclusive",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default: ./{DEFAULT_OUT})")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="parallel worker processes, one thread each (default 1: in this process)"
+    )
+    p.add_argument(
+        "--shard", default=None, metavar="I/N", help="run only every N-th claim from the I-th (a job array's part)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads of this process (cells always use 1)"
+    )
     p.set_defaults(func=_cmd_reproduce)
     p = sub.add_parser("runs", help="list the indexed runs, or compare two")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default: ./{DEFAULT_OUT})")
     p.add_argument("--claim", default=None, help="only runs of this claim")
-    p.add_argument("--compare", nargs=2, metavar="RUN_ID", help="two runs' numbers side by side")
+    p.add_argument(
+        "--compare", nargs=2, metavar="RUN_ID", help="two runs (ids or unique prefixes): params that differ, numbers"
+    )
+    p.add_argument("--rebuild-index", action="store_true", help="re-create index.sqlite from the run directories")
     p.set_defaults(func=_cmd_runs)
-    p = sub.add_parser("report", help="write DIR/report.html and DIR/summary.md from DIR's results")
-    p.add_argument("dir", help="an output root written by `normlab reproduce`")
+    p = sub.add_parser("report", help="write report.html and summary.md from the latest runs under DIR...")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="output roots written by `normlab reproduce` (merged)")
+    p.add_argument("--out", default=None, help="where to write the report (default: the first DIR)")
     p.set_defaults(func=_cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the exact command, for the run's record
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"\nnormlab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,51 +1,76 @@
-"""edge-of-stability: the rule on synthetic evidence, the loss, and one quick run."""
+"""edge-of-stability: the rule on synthetic rows, the loss, the late median and the BN placement."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from normlab.claims.edge_of_stability import CLAIM, square_loss
+from normlab.claims.base import render
+from normlab.claims.edge_of_stability import CLAIM, NETS, build_net, late_median, square_loss
 
-from ._e2e import quick_run
+P = CLAIM.settings()
 
 
-def _run(net, lr, level, diverged=False):
-    steps = int(round(120 / lr))
-    ms = list(range(0, steps + 1, steps // 24))
-    lam = [2 / lr * (0.3 + (level - 0.3) * min(1.0, 2 * s / steps)) for s in ms]
+def _row(net, factor, seed, level, diverged=False):
+    lam0 = 7.0 if net == "fc-tanh" else 90.0
+    eta = factor * 2 / lam0
+    steps = int(round(P["budget"] / factor))
+    every = steps // P["measurements"]
+    ms = list(range(0, steps + 1, every))
+    lam = [2 / eta * (factor + (level - factor) * min(1.0, 2 * s / steps)) for s in ms]
     if diverged:
         ms, lam = ms[:3], lam[:3]
-    return {"net": net, "lr": lr, "steps": steps, "measure_steps": ms, "lambda_max": lam, "diverged": diverged}
+    row = {"net": net, "factor": factor, "seed": seed, "lambda0": lam0, "eta": eta, "steps": steps}
+    row.update({"measure_steps": ms, "lambda_max": lam, "diverged": diverged})
+    row["late"] = late_median(row)
+    return row
 
 
-def _evidence(level=1.05, bn_level=None, diverge_bn=False, n_seeds=3):
-    lrs = (0.1, 0.2, 0.25)
-    runs = []
-    for _ in range(n_seeds):
-        for lr in lrs:
-            runs.append(_run("fc-tanh", lr, level))
-            runs.append(_run("fc-tanh-bn", lr, bn_level or level, diverged=diverge_bn and lr > 0.1))
-    return {"runs": runs, "lrs": list(lrs), "nets": ["fc-tanh", "fc-tanh-bn"], "time": 120.0, "n_seeds": n_seeds}
+def _rows(levels=lambda net, f, s: 1.05, diverge=None, seeds=range(5)):
+    return [
+        _row(net, f, s, levels(net, f, s), diverged=bool(diverge and diverge(net, f, s)))
+        for net in NETS
+        for f in P["factors"]
+        for s in seeds
+    ]
+
+
+def test_grid_is_one_cell_per_net_factor_seed():
+    cells = CLAIM.grid(P, [0, 1], [])
+    assert len(cells) == len(NETS) * len(P["factors"]) * 2
+    assert CLAIM.grid(P, [0, 1], [{"seed": 0}]) == []
+
+
+def test_late_median_uses_the_second_half():
+    row = {"eta": 0.2, "steps": 100, "measure_steps": [0, 40, 50, 60, 70], "lambda_max": [1, 1, 10, 10, 20]}
+    row["diverged"] = False
+    assert late_median(row) == 10 * 0.2 / 2
+    assert math.isnan(late_median({**row, "diverged": True}))
 
 
 def test_rule_holds():
-    v = CLAIM.verdict(_evidence())
+    v = CLAIM.verdict(P, _rows(levels=lambda net, f, s: 1.0 + 0.02 * s))
     assert v.status == "holds", v.reason
-    assert abs(v.numbers["fc-tanh_lr0.2"] - 1.05) < 1e-9
+    assert abs(v.numbers["fc-tanh_x0.7"] - 1.04) < 1e-9
+    assert v.numbers["fc-tanh_x0.7_low"] <= 1.04 <= v.numbers["fc-tanh_x0.7_high"]
 
 
 def test_rule_fails_below_the_band():
-    assert CLAIM.verdict(_evidence(bn_level=0.6)).status == "fails"
+    v = CLAIM.verdict(P, _rows(levels=lambda net, f, s: 0.5 if net == "fc-tanh-bn" and f == 0.35 else 1.05))
+    assert v.status == "fails" and "fc-tanh-bn eta=0.35" in v.reason
 
 
 def test_rule_fails_on_divergence():
-    v = CLAIM.verdict(_evidence(diverge_bn=True))
+    v = CLAIM.verdict(P, _rows(diverge=lambda net, f, s: net == "fc-tanh-bn" and f == 0.9 and s == 2))
     assert v.status == "fails" and "diverged" in v.reason
-    assert v.numbers["fc-tanh-bn_lr0.25_diverged"] == 3
+    assert v.numbers["fc-tanh-bn_x0.9_diverged"] == 1
 
 
-def test_rule_inconclusive_with_one_seed():
-    assert CLAIM.verdict(_evidence(n_seeds=1)).status == "inconclusive"
+def test_rule_inconclusive_when_the_interval_straddles_the_band_edge():
+    v = CLAIM.verdict(P, _rows(levels=lambda net, f, s: 0.8 + 0.05 * s if f == 0.7 else 1.05))
+    assert v.status == "inconclusive", v.reason
+    assert v.numbers["fc-tanh_x0.7_low"] < P["band"][0] < v.numbers["fc-tanh_x0.7_high"]
 
 
 def test_square_loss_is_half_the_summed_square_error():
@@ -53,5 +78,14 @@ def test_square_loss_is_half_the_summed_square_error():
     assert float(square_loss(out, t)) == (0.5 * 1 + 0.5 * 4) / 2
 
 
-def test_quick_run(tmp_path):
-    quick_run("edge-of-stability", tmp_path)
+def test_bn_net_puts_batchnorm_after_tanh():
+    kinds = [type(m).__name__ for m in build_net("fc-tanh-bn", 8, 2)]
+    assert kinds[1:4] == ["Linear", "Tanh", "BatchNorm1d"]
+    assert "BatchNorm1d" not in [type(m).__name__ for m in build_net("fc-tanh", 8, 2)]
+
+
+def test_texts_render_from_params():
+    for quick in (False, True):
+        d = CLAIM.describe(quick)
+        assert "{" not in d["protocol"] + d["rule"]
+    assert "0.35, 0.7, 0.9" in render(CLAIM.protocol, P)

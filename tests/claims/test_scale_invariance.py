@@ -1,40 +1,49 @@
-"""scale-invariance: the rule on synthetic evidence, and one quick run."""
+"""scale-invariance: the rule on synthetic rows (holds / fails / inconclusive) and the identities themselves."""
 
 from __future__ import annotations
 
-from normlab.claims.scale_invariance import CHECKS, CLAIM, CONTROLS
+from normlab.claims.scale_invariance import CHECKS, CLAIM, CONTROLS, TINY, all_checks
 
-from ._e2e import quick_run
+P = CLAIM.settings()
 
 
-def _evidence(err: float, control: float) -> dict:
-    rows = [{"check": k, "c": c, "rel_err": err, "seed": 0} for k in CHECKS for c in (0.1, 10.0)]
-    rows += [{"check": k, "c": c, "rel_err": control, "seed": 0} for k in CONTROLS for c in (0.1, 10.0)]
-    return {"rows": rows, "with_default_eps": [], "cs": [0.1, 10.0], "tolerance": 1e-5}
+def _rows(err: float, control: float, eps_err: float = 2e-3) -> list[dict]:
+    rows = [{"check": k, "c": c, "rel_err": err, "seed": 0, "eps": "tiny"} for k in CHECKS for c in P["cs"]]
+    rows += [{"check": k, "c": c, "rel_err": control, "seed": 0, "eps": "tiny"} for k in CONTROLS for c in P["cs"]]
+    rows += [{"check": k, "c": c, "rel_err": eps_err, "seed": 0, "eps": "default"} for k in CHECKS for c in P["cs"]]
+    return rows
 
 
 def test_rule_holds():
-    v = CLAIM.verdict(_evidence(1e-14, 0.5))
-    assert v.status == "holds"
+    v = CLAIM.verdict(P, _rows(1e-14, 0.5))
+    assert v.status == "holds", v.reason
     assert v.numbers["max_err"] == 1e-14
+    assert v.numbers["max_err_default_eps"] == 2e-3  # reported, not judged
+    assert len(v.checks) == len(CHECKS)
 
 
 def test_rule_fails_on_one_large_error():
-    ev = _evidence(1e-14, 0.5)
-    ev["rows"][3]["rel_err"] = 2e-5
-    assert CLAIM.verdict(ev).status == "fails"
+    rows = _rows(1e-14, 0.5)
+    rows[3]["rel_err"] = 2e-5
+    v = CLAIM.verdict(P, rows)
+    assert v.status == "fails" and "CHECK FAILED" in v.reason
 
 
 def test_rule_fails_on_nan_error():
-    ev = _evidence(1e-14, 0.5)
-    ev["rows"][0]["rel_err"] = "nan"  # how JSON stores a non-finite float
-    assert CLAIM.verdict(ev).status == "fails"
+    rows = _rows(1e-14, 0.5)
+    rows[0]["rel_err"] = "nan"  # how JSON stores a non-finite float
+    assert CLAIM.verdict(P, rows).status == "fails"
 
 
 def test_rule_inconclusive_when_controls_do_not_move():
-    assert CLAIM.verdict(_evidence(1e-14, 1e-9)).status == "inconclusive"
+    v = CLAIM.verdict(P, _rows(1e-14, 1e-9))
+    assert v.status == "inconclusive", v.reason
 
 
-def test_quick_run(tmp_path):
-    saved = quick_run("scale-invariance", tmp_path)
-    assert saved["verdict"]["status"] == "holds"  # a float64 property check: quick decides
+def test_the_identities_hold_in_float64_and_the_controls_move():
+    rows = all_checks(P, 0, TINY)
+    claimed = [r["rel_err"] for r in rows if r["check"] in CHECKS]
+    controls = [r["rel_err"] for r in rows if r["check"] in CONTROLS]
+    assert len(claimed) == len(CHECKS) * len(P["cs"])
+    assert max(claimed) <= P["tolerance"]
+    assert min(controls) >= P["control_floor"]

@@ -1,58 +1,77 @@
-"""tent: the rule on synthetic evidence, the adaptation leaves the source model alone, and one quick run."""
+"""tent: the rule on synthetic rows (holds / fails / inconclusive) and the adaptation on a copy."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from normlab.claims.tent import CLAIM, predict_error
+from normlab.claims.tent import CLAIM, entropy, predict_error
 from normlab.models import CNN
 
-from ._e2e import quick_run
+P = CLAIM.settings()
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-time optimizer import (seconds), not a test
 
 
-def _evidence(source=0.6, norm=0.3, tent=0.25, n_seeds=3):
+def _rows(gain_a=0.2, gain_b=0.03, jitter_b=(0.0,) * 5, affine_gain=0.5) -> list[dict]:
     rows = []
-    for s in range(n_seeds):
-        rows.append({"seed": s, "dataset": "mnist1d", "corruption": "clean", "source": 0.1, "norm": 0.1, "tent": 0.1})
-        for c in ("shift", "noise"):
-            rows.append(
-                {"seed": s, "dataset": "mnist1d", "corruption": c, "source": source, "norm": norm, "tent": tent}
-            )
-    return {"rows": rows, "severity": 5, "n_seeds": n_seeds, "margin_b": 0.01}
+    for s, jb in enumerate(jitter_b):
+        for ds in P["datasets"]:
+            for c in ("clean",) + tuple(P[f"{ds}_corruptions"]):
+                affine = c in P["affine"]
+                src = 0.6
+                norm = src - (affine_gain if affine else gain_a)
+                if c == "clean":
+                    src = norm = 0.05
+                rows.append(
+                    {
+                        "seed": s,
+                        "dataset": ds,
+                        "corruption": c,
+                        "affine": affine,
+                        "source": src,
+                        "norm": norm,
+                        "tent": norm - gain_b - jb,
+                        "updates": 50,
+                    }
+                )
+    return rows
 
 
-def test_rule_holds():
-    v = CLAIM.verdict(_evidence())
+def test_holds():
+    v = CLAIM.verdict(P, _rows())
     assert v.status == "holds", v.reason
-    assert abs(v.numbers["gain_b_points"] - 5.0) < 1e-9
+    assert math.isclose(v.numbers["gain_b"], 0.03)
+    assert math.isclose(v.numbers["gain_a"], 0.2)  # the affine corruptions are not in (a)
+    assert "gain_b[mnist1d/noise]" in v.numbers
 
 
-def test_rule_fails_when_tent_adds_nothing():
-    v = CLAIM.verdict(_evidence(tent=0.298))
-    assert v.status == "fails" and "(a) holds" in v.reason and "(b) fails" in v.reason
+def test_fails_when_tent_adds_nothing_or_norm_does_not_help():
+    assert CLAIM.verdict(P, _rows(gain_b=0.0)).status == "fails"
+    v = CLAIM.verdict(P, _rows(gain_a=-0.05))
+    assert v.status == "fails" and "(a)" in v.reason
 
 
-def test_rule_fails_when_batch_statistics_do_not_help():
-    v = CLAIM.verdict(_evidence(norm=0.7, tent=0.5))
-    assert v.status == "fails" and "(a) fails" in v.reason
+def test_affine_gain_alone_does_not_decide_a():
+    v = CLAIM.verdict(P, _rows(gain_a=-0.05, affine_gain=0.5))
+    assert v.status == "fails"
 
 
-def test_rule_inconclusive_with_one_seed():
-    assert CLAIM.verdict(_evidence(n_seeds=1)).status == "inconclusive"
+def test_inconclusive_when_b_straddles_the_margin():
+    v = CLAIM.verdict(P, _rows(gain_b=0.01, jitter_b=(0.01, -0.01, 0.008, -0.009, 0.0)))
+    assert v.status == "inconclusive", v.reason
 
 
-def test_adaptation_works_on_a_copy():
+def test_adaptation_works_on_a_copy_and_counts_updates():
     torch.manual_seed(0)
-    model = CNN(1, 10, channels=(4, 4), spatial=1, norm="bn").eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x, y = torch.randn(70, 1, 12), torch.randint(0, 10, (70,))
+    model = CNN(1, 10, channels=(4, 4, 8), spatial=1, norm="bn")
+    model.eval()
+    before = [q.detach().clone() for q in model.parameters()]
+    x, y = torch.randn(130, 1, 40), torch.randint(0, 10, (130,))
+    order = torch.randperm(130)
     for method in ("source", "norm", "tent"):
-        err = predict_error(model, x, y, torch.arange(70), method)
+        err, updates = predict_error(model, x, y, order, method, 64, 1e-3, (0.9, 0.999))
         assert 0.0 <= err <= 1.0
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.requires_grad for p in model.parameters())
-
-
-def test_quick_run(tmp_path):
-    quick_run("tent", tmp_path)
+        assert updates == (3 if method == "tent" else 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert float(entropy(torch.zeros(2, 10))) > 2.3

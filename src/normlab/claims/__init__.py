@@ -7,8 +7,9 @@ CLAIMS.md that wait for a family normlab does not have yet.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 
-from .base import Claim, Context, PendingClaim, Verdict, loglog_slope, mean_std
+from .base import Claim, PendingClaim, Verdict, loglog_slope, mean_std
 
 # One module per claim: normlab.claims.<module> defines CLAIM (an instance).
 _MODULES: tuple[str, ...] = (
@@ -73,15 +74,35 @@ PENDING: dict[str, PendingClaim] = {
 }
 
 
-def _load() -> dict[str, Claim]:
-    table: dict[str, Claim] = {}
-    for name in _MODULES:
-        claim = importlib.import_module(f"{__name__}.{name}").CLAIM
-        table[claim.id] = claim
-    return table
+class _Claims(Mapping):
+    """Claim id -> claim, in the order above; a claim's module is imported when it is first looked up.
+
+    The id is the module name with ``-`` for ``_`` (checked on import), so
+    listing ids imports nothing and a worker process running one claim's
+    cells imports only that claim.
+    """
+
+    def __init__(self, modules: tuple[str, ...]) -> None:
+        self._modules = {m.replace("_", "-"): m for m in modules}
+        self._loaded: dict[str, Claim] = {}
+
+    def __getitem__(self, claim_id: str) -> Claim:
+        if claim_id not in self._loaded:
+            module = self._modules[claim_id]  # KeyError for an unknown id, as a dict
+            claim = importlib.import_module(f"{__name__}.{module}").CLAIM
+            if claim.id != claim_id:
+                raise RuntimeError(f"normlab.claims.{module} defines claim {claim.id!r}, expected {claim_id!r}")
+            self._loaded[claim_id] = claim
+        return self._loaded[claim_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
 
 
-CLAIMS: dict[str, Claim] = _load()
+CLAIMS: Mapping[str, Claim] = _Claims(_MODULES)
 
 
 def get_claim(claim_id: str) -> Claim:
@@ -92,4 +113,4 @@ def get_claim(claim_id: str) -> Claim:
     raise ValueError(f"unknown claim {claim_id!r}; known claims: {', '.join(sorted(CLAIMS)) or '(none)'}")
 
 
-__all__ = ["CLAIMS", "PENDING", "Claim", "Context", "PendingClaim", "Verdict", "get_claim", "loglog_slope", "mean_std"]
+__all__ = ["CLAIMS", "PENDING", "Claim", "PendingClaim", "Verdict", "get_claim", "loglog_slope", "mean_std"]

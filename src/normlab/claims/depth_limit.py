@@ -2,102 +2,139 @@
 
 Source: the "Normalizations" lecture (plain nets with BN: max depth ~20-30).
 
-Statement (CLAIMS.md): plain (non-residual) nets with normalization train much
-deeper than without; without skips BN still hits a depth limit.
+Protocol: :class:`normlab.models.MLP` of ``width`` (Linear -> [norm] -> ReLU,
+no skips), hidden layers in ``depths``, on the first ``n_train`` examples of
+MNIST-1D's training set, every weight N(0, c / fan_in). Variants: no norm
+with c = 1 (the rule's baseline), no norm with c = 2 (He), BatchNorm and
+LayerNorm (normlab's, before each ReLU) with c = 1. SGD with momentum, batch
+``batch``, at most ``steps`` steps; training accuracy on the whole subset
+(eval mode) every ``eval_every`` steps. A run passes when it reaches
+``target``; it stops there (steps-to-target is reported), on a non-finite
+loss, or when its best training accuracy over the last ``plateau_window``
+steps is less than ``plateau_gain`` above its best before them (a plateau
+below the target: a departure from CLAIMS.md made for the CPU budget, since a
+failing deep run would otherwise use the whole budget at every rate).
 
-Protocol: :class:`normlab.models.MLP` of width 128 (Linear -> [norm] -> ReLU,
-no skips), depth (hidden layers) in {2, 4, 8, 16, 32, 64}, on a fixed
-1000-example subset of MNIST-1D's training set (the first 1000; test: the
-first 500 test examples), every weight N(0, c / fan_in). Variants: no norm
-with c = 1 (the "c != 2" net of the rule), no norm with c = 2 (He, the
-reference of the protocol sketch), BatchNorm and LayerNorm (normlab's, before
-each ReLU) with c = 1, the same init as the no-norm net they are compared to.
-SGD momentum 0.9, batch 64, LR grid {0.01, 0.1}, a budget of 1000 steps
-(64 epochs of the subset), training accuracy on the whole subset (eval mode)
-every 100 steps; a run passes when it reaches >= 90% (it stops there).
+Learning rate: tuned on the first seed, trying ``lrs`` from the largest down
+and keeping the first that passes (at a depth that trains, the largest stable
+rate is the fastest); if none passes, the rate with the best final training
+accuracy. A deeper net starts from the rate chosen at the previous depth
+(larger rates are not tried again: depth does not make a larger rate stable),
+again for the CPU budget. The other seeds run at that rate; a depth is trainable if a
+majority of all seeds pass. Where the first seed failed, the other seeds run
+in two groups and the second is skipped once the majority is decided. Depths
+are tried in increasing order and a variant stops at its first untrainable
+depth (deeper ones count as untrainable: they are not run).
 
-A depth is trainable if, for some LR of the grid, a majority of the seeds
-(2 of 3) pass. To fit the 5-minute budget on 2 CPU cores:
-- seeds of one (depth, LR) stop as soon as the majority is decided (2 passes
-  or 2 failures), and the LRs stop at the first that makes the depth trainable;
-- depths are tried in increasing order and a variant's sweep stops at its
-  first untrainable depth (deeper ones are recorded as not run and counted as
-  untrainable: with the depth doubling, a plain net that cannot fit at depth d
-  in the budget is assumed not to fit at 2d).
-Quick: depths {2, 4}, 200 steps, one seed.
-
-Rule (CLAIMS.md): the deepest trainable depth per variant is reported; holds
-if BN and LN both reach >= 2x the deepest trainable depth of the no-norm net
-with c != 2 (c = 1 here). Reported beside it: whether BN still hits a limit
-within the grid (its deepest trainable depth < 64).
+Rule: holds if BN and LN both reach >= ``depth_factor`` x the deepest
+trainable depth of the no-norm c = 1 net (inconclusive where that product is
+beyond the grid). Reported, not judged: the He net's deepest depth (BN and LN
+are compared with it) and whether BN still hits a limit within the grid.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+import statistics
 
-from ..data import Dataset, mnist1d
-from ..models import MLP, init_weights
-from ..train import seed_everything, train
-from ._workbench import num, one_thread, quick_verdict
-from .base import Claim, Context, Verdict
+from ..data import mnist1d
+from .base import Claim, Verdict, exact_part, num
+from .recipes import mlp_fit
 
-WIDTH = 128
-DEPTHS = (2, 4, 8, 16, 32, 64)
-VARIANTS = (("none", 1.0), ("none", 2.0), ("bn", 1.0), ("ln", 1.0))
-LRS = (0.01, 0.1)
-MOMENTUM, BATCH, STEPS, CHUNK = 0.9, 64, 1000, 100
-TARGET = 0.9
-N_TRAIN, N_TEST = 1000, 500
+_SUBSETS: dict = {}
+
+
+def subset(n: int):
+    if n not in _SUBSETS:
+        d = mnist1d()
+        _SUBSETS[n] = (d.x_train[:n], d.y_train[:n])
+    return _SUBSETS[n]
 
 
 def variant_name(norm: str, c: float) -> str:
     return f"{norm} (c={c:g})"
 
 
-def _subset() -> Dataset:
-    d = mnist1d()
-    return Dataset(
-        "mnist1d-1000", d.x_train[:N_TRAIN], d.y_train[:N_TRAIN], d.x_test[:N_TEST], d.y_test[:N_TEST], d.num_classes
-    )
+def majority(n_seeds: int) -> int:
+    return n_seeds // 2 + 1
 
 
-def _run(data: Dataset, norm: str, c: float, depth: int, lr: float, seed: int, steps: int) -> dict:
-    """Train in chunks of CHUNK steps until train accuracy >= TARGET, divergence, or the budget."""
-    gen = seed_everything(seed)
-    model = MLP(
-        data.x_train.shape[1], data.num_classes, width=WIDTH, depth=depth, norm=None if norm == "none" else norm
-    )
-    init_weights(model, "gaussian", c=c, generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM)
-    curve, done, diverged, seconds = [], 0, False, 0.0
-    while done < steps:
-        # each chunk draws its batches from its own seeded generator: deterministic, no repeated order
-        hist = train(
-            model,
-            data,
-            opt,
-            steps=min(CHUNK, steps - done),
-            batch_size=BATCH,
-            seed=seed * 10007 + done,
-            eval_every=CHUNK,
-            progress=False,
+def _key(norm, c, depth, lr, seed) -> tuple:
+    return (norm, float(c), int(depth), float(lr), int(seed))
+
+
+def plan(p: dict, seeds: list[int], rows: list[dict], norm: str, c: float) -> tuple[list[dict], list[dict]]:
+    """Walk a variant's depths over ``rows``: (the cells to run next, the decided depths so far).
+
+    Each decided depth is a dict: depth, lr, passes, seeds run, trainable.
+    The same walk makes the grid (its next cells) and the verdict (its
+    decided depths), so the two cannot disagree.
+    """
+    index = {_key(r["norm"], r["c"], r["depth"], r["lr"], r["seed"]): r for r in rows}
+
+    def _find(norm, c, depth, lr, seed) -> dict | None:
+        return index.get(_key(norm, c, depth, lr, seed))
+
+    seeds = sorted(seeds)
+    s0, others = seeds[0], seeds[1:]
+    need = majority(len(seeds))
+    lrs = sorted(p["lrs"], reverse=True)
+    decided = []
+    for depth in p["depths"]:
+        base = {"norm": norm, "c": c, "depth": depth}
+        if decided:  # a deeper net starts from the rate that trained the shallower one
+            lrs = [lr for lr in lrs if lr <= decided[-1]["lr"]]
+        tuned = None
+        for lr in lrs:
+            r = _find(**base, lr=lr, seed=s0)
+            if r is None:
+                return [{**base, "lr": lr, "seed": s0}], decided
+            if r["passed"]:
+                tuned = lr
+                break
+        if tuned is None:
+            s0_rows = [_find(**base, lr=lr, seed=s0) for lr in lrs]
+            tuned = max(s0_rows, key=lambda r: num(r["final_train_acc"]) if finite_acc(r) else -1.0)["lr"]
+        first = _find(**base, lr=tuned, seed=s0)
+        groups = [others] if first["passed"] else [others[:2], others[2:]]
+        results = [first]
+        for group in groups:
+            if not group:
+                continue
+            passes = sum(bool(r["passed"]) for r in results)
+            fails = len(results) - passes
+            if passes >= need or fails > len(seeds) - need:
+                break
+            got = [_find(**base, lr=tuned, seed=s) for s in group]
+            missing = [s for s, r in zip(group, got, strict=True) if r is None]
+            if missing:
+                return [{**base, "lr": tuned, "seed": s} for s in missing], decided
+            results += got
+        passes = sum(bool(r["passed"]) for r in results)
+        steps = [num(r["steps_to_target"]) for r in results if r["passed"]]
+        decided.append(
+            {
+                "depth": depth,
+                "lr": tuned,
+                "passes": passes,
+                "runs": len(results),
+                "trainable": passes >= need,
+                "steps_to_target": statistics.median(steps) if steps else math.nan,
+                "final_train_acc": [num(r["final_train_acc"]) for r in results],
+            }
         )
-        done += len(hist.loss)
-        seconds += hist.seconds
-        curve.append(hist.train_acc[-1])
-        if hist.diverged:
-            diverged = True
+        if passes < need:
             break
-        if hist.train_acc[-1] >= TARGET:
-            break
-    passed = (not diverged) and num(curve[-1]) >= TARGET
-    return {"seed": seed, "passed": passed, "steps": done, "diverged": diverged, "train_acc": curve, "seconds": seconds}
+    return [], decided
 
 
-def deepest(rows: list[dict], variant: str) -> int:
-    """Deepest depth marked trainable for the variant (0 if none)."""
-    return max([int(r["depth"]) for r in rows if r["variant"] == variant and r["trainable"]], default=0)
+def finite_acc(r: dict) -> bool:
+    return math.isfinite(num(r["final_train_acc"]))
+
+
+def deepest(decided: list[dict]) -> int:
+    """Deepest trainable depth (0 if none): depths are walked in order and stop at the first untrainable."""
+    return max([d["depth"] for d in decided if d["trainable"]], default=0)
 
 
 class DepthLimit(Claim):
@@ -108,130 +145,170 @@ class DepthLimit(Claim):
         "plain (non-residual) nets with normalization train much deeper than without; without skips BN still hits "
         "a depth limit"
     )
+    params = {
+        "width": 128,
+        "depths": (2, 4, 8, 16, 32),  # CLAIMS.md lists 64 too: a 64-layer walk does not fit the full run's budget
+        "variants": (("none", 1.0), ("none", 2.0), ("bn", 1.0), ("ln", 1.0)),
+        "lrs": (0.003, 0.01, 0.03, 0.1),
+        "momentum": 0.9,
+        "batch": 64,
+        "steps": 3000,
+        "eval_every": 100,
+        "n_train": 1000,
+        "target": 0.9,
+        "plateau_window": 500,
+        "plateau_gain": 0.01,
+        "depth_factor": 2,
+    }
+    quick = {"depths": (2, 4), "steps": 100, "lrs": (0.1,)}
+    seeds = 5
+    min_seeds = 5
+    data = ("mnist1d",)
     protocol = (
-        f"plain MLP width {WIDTH} on a 1000-example mnist1d subset, depth in {DEPTHS}; no norm c=1, no norm c=2, "
-        f"BN c=1, LN c=1; SGD momentum {MOMENTUM}, batch {BATCH}, LR grid {LRS}, {STEPS} steps; early-stopped "
-        "seeds/LRs/depths (see module)"
+        "plain MLP width {width} on the first {n_train} mnist1d training examples, hidden layers in {depths}; "
+        "no norm c=1, no norm c=2 (He), BN c=1, LN c=1; SGD momentum {momentum:g}, batch {batch}, at most {steps} "
+        "steps, train accuracy every {eval_every} steps, a run stops at {target:g} train acc, on divergence, or "
+        "after {plateau_window} steps gaining < {plateau_gain:g}; lr from {lrs:g} on the first seed (largest "
+        "that passes; a deeper net from the previous depth's rate down), then every seed at it; depths in "
+        "order, a variant stops at its first untrainable depth"
     )
     rule = (
-        f"depth trainable if a majority of seeds (2 of 3) reach train acc >= {TARGET:.0%} for some LR; holds if BN "
-        "and LN reach >= 2x the deepest trainable depth of no-norm with c != 2 (c=1)"
+        "a depth is trainable if a majority of seeds reach train acc >= {target:g}; holds if BN and LN both reach "
+        ">= {depth_factor} x the deepest trainable depth of no norm c=1; the He net and BN's limit are reported"
     )
 
-    def run(self, ctx: Context) -> dict:
-        data = _subset()
-        depths = ctx.pick(DEPTHS[:2], DEPTHS)
-        steps = ctx.pick(200, STEPS)
-        need = len(ctx.seeds) // 2 + 1
-        rows = []
-        with one_thread():
-            for norm, c in VARIANTS:
-                name = variant_name(norm, c)
-                stopped = False
-                for depth in depths:
-                    if stopped:
-                        rows.append({"variant": name, "depth": depth, "trainable": False, "run": False, "lrs": []})
-                        continue
-                    trainable, lr_rows = False, []
-                    for lr in LRS:
-                        seeds = []
-                        for seed in ctx.seeds:
-                            seeds.append(_run(data, norm, c, depth, lr, seed, steps))
-                            n_pass = sum(s["passed"] for s in seeds)
-                            if n_pass >= need or len(seeds) - n_pass > len(ctx.seeds) - need:
-                                break
-                        ok = sum(s["passed"] for s in seeds) >= need
-                        lr_rows.append({"lr": lr, "seeds": seeds, "trainable": ok})
-                        ctx.log(
-                            f"  {name} depth {depth} lr {lr}: {sum(s['passed'] for s in seeds)}/{len(seeds)} "
-                            f"seeds pass ({sum(s['seconds'] for s in seeds):.1f}s)"
-                        )
-                        if ok:
-                            trainable = True
-                            break
-                    rows.append({"variant": name, "depth": depth, "trainable": trainable, "run": True, "lrs": lr_rows})
-                    stopped = not trainable
+    def grid(self, p: dict, seeds: list[int], rows: list[dict]) -> list[dict]:
+        cells = []
+        for norm, c in p["variants"]:
+            cells += plan(p, seeds, rows, norm, c)[0]
+        return cells
+
+    def cell(self, p: dict, config: dict) -> dict:
+        x, y = subset(p["n_train"])
+        r = mlp_fit(
+            x,
+            y,
+            {"train": (x, y)},
+            seed=config["seed"],
+            depth=config["depth"],
+            width=p["width"],
+            c=config["c"],
+            norm=None if config["norm"] == "none" else config["norm"],
+            lr=config["lr"],
+            momentum=p["momentum"],
+            batch_size=p["batch"],
+            steps=p["steps"],
+            eval_every=p["eval_every"],
+            stop_at=("train", p["target"]),
+            plateau=(p["plateau_window"], p["plateau_gain"]),
+            probe_examples=0,
+        )
+        curve = r["acc"]["train"]
+        finite = [a for a in curve if math.isfinite(a)]
         return {
-            "rows": rows,
-            "variants": [variant_name(n, c) for n, c in VARIANTS],
-            "depths": list(depths),
-            "steps": steps,
-            "target": TARGET,
-            "n_seeds": len(ctx.seeds),
-            "quick": ctx.quick,
+            "passed": r["steps_to_target"] is not None,
+            "steps_to_target": r["steps_to_target"] if r["steps_to_target"] is not None else math.nan,
+            "final_train_acc": curve[-1],
+            "best_train_acc": max(finite) if finite else math.nan,
+            "diverged": r["diverged"],
+            "plateaued": r["plateaued"],
+            "steps": r["steps"],
+            "train_acc": curve,
+            "eval_steps": r["eval_steps"],
         }
 
-    def verdict(self, evidence: dict) -> Verdict:
-        rows = evidence["rows"]
+    def _walk(self, p: dict, rows: list[dict]) -> dict[str, list[dict]]:
+        seeds = sorted({r["seed"] for r in rows})
+        return {variant_name(n, c): plan(p, seeds, rows, n, c)[1] for n, c in p["variants"]}
+
+    def verdict(self, p: dict, rows: list[dict]) -> Verdict:
         if not rows:
             return Verdict("inconclusive", "no runs")
-        best = {v: deepest(rows, v) for v in evidence["variants"]}
+        walk = self._walk(p, rows)
+        best = {v: deepest(d) for v, d in walk.items()}
         base = best[variant_name("none", 1.0)]
-        bn, ln = best[variant_name("bn", 1.0)], best[variant_name("ln", 1.0)]
-        numbers = {f"deepest[{v}]": float(d) for v, d in best.items()}
-        numbers["bn_over_none_c1"] = bn / base if base else float("inf")
-        numbers["ln_over_none_c1"] = ln / base if base else float("inf")
-        numbers["bn_hits_limit"] = float(bn < max(evidence["depths"]))
-        ok = bn >= 2 * base and ln >= 2 * base
-        reason = (
-            f"deepest trainable depth: BN {bn}, LN {ln}, no norm c=1 {base}, no norm c=2 "
-            f"{best[variant_name('none', 2.0)]} (need BN, LN >= {2 * base}); BN "
-            + ("still hits a limit within the grid" if bn < max(evidence["depths"]) else "trains at every depth tried")
-        )
-        v = Verdict("holds" if ok else "fails", reason, numbers)
-        if evidence.get("quick"):
-            return quick_verdict(
-                v, f"depths {evidence['depths']}, {evidence['steps']} steps, {evidence['n_seeds']} seed"
+        he = best[variant_name("none", 2.0)]
+        need = p["depth_factor"] * base
+        top = max(p["depths"])
+        parts = []
+        for norm in ("bn", "ln"):
+            d = best[variant_name(norm, 1.0)]
+            if d >= need:
+                ok: bool | None = True
+            elif need > top and d == top:
+                ok = None  # the grid cannot show the factor
+            else:
+                ok = False
+            parts.append(
+                exact_part(
+                    f"{norm} depth",
+                    ok,
+                    f"{norm.upper()} deepest trainable depth {d} (need >= {p['depth_factor']} x {base} = {need})",
+                )
             )
-        return v
+        numbers = {f"deepest[{v}]": float(d) for v, d in best.items()}
+        for v, dec in walk.items():
+            for d in dec:
+                numbers[f"steps_to_target[{v}, depth {d['depth']}]"] = d["steps_to_target"]
+        bn, ln = best[variant_name("bn", 1.0)], best[variant_name("ln", 1.0)]
+        numbers["bn_over_none_c1"] = bn / base if base else math.inf
+        numbers["ln_over_none_c1"] = ln / base if base else math.inf
+        numbers["bn_minus_he_depth"] = float(bn - he)
+        numbers["ln_minus_he_depth"] = float(ln - he)
+        numbers["bn_hits_limit"] = float(bn < top)
+        last = {
+            v: (
+                f"{v} stops at depth {dec[-1]['depth']} ({dec[-1]['passes']}/{dec[-1]['runs']} pass at lr "
+                f"{dec[-1]['lr']:g})"
+                if dec and not dec[-1]["trainable"]
+                else f"{v} trains at every depth"
+            )
+            for v, dec in walk.items()
+        }
+        note = (
+            f"no norm c=2 (He) reaches {he} (BN {bn - he:+d}, LN {ln - he:+d} vs He); BN "
+            + ("still hits a limit within the grid" if bn < top else "trains at every depth tried")
+            + "; "
+            + "; ".join(last.values())
+        )
+        return Verdict.combine(parts, [], numbers, note=note)
 
-    def plot(self, evidence: dict, fig) -> None:
+    def plot(self, p: dict, rows: list[dict], fig) -> None:
         from matplotlib.ticker import NullFormatter
 
-        rows = evidence["rows"]
         ax1, ax2 = fig.subplots(1, 2)
-        depths = evidence["depths"]
-        target = num(evidence["target"])
-        for i, v in enumerate(evidence["variants"]):
-            xs, means, los, his, marks = [], [], [], [], []
-            for d in depths:
-                row = next((r for r in rows if r["variant"] == v and int(r["depth"]) == d), None)
-                if row is None or not row["run"]:
-                    continue
-                # the best LR (the first trainable one, else the one with the highest mean final train accuracy)
-                lrs = row["lrs"]
-                pick = next((lr for lr in lrs if lr["trainable"]), None) or max(
-                    lrs, key=lambda lr: sum(num(s["train_acc"][-1]) for s in lr["seeds"]) / len(lr["seeds"])
-                )
-                finals = [num(s["train_acc"][-1]) if not s["diverged"] else 0.0 for s in pick["seeds"]]
-                m = sum(finals) / len(finals)
-                xs.append(d)
-                means.append(m)
-                los.append(m - min(finals))
-                his.append(max(finals) - m)
-                marks.append(row["trainable"])
-            ax1.errorbar(xs, means, yerr=[los, his], marker="o", capsize=3, color=f"C{i}", label=v)
-            ax1.scatter(
-                [x for x, t in zip(xs, marks, strict=True) if not t],
-                [m for m, t in zip(means, marks, strict=True) if not t],
-                marker="x",
-                s=60,
-                color=f"C{i}",
-            )
-        ax1.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.0%}")
+        walk = self._walk(p, rows)
+        depths = list(p["depths"])
+        for i, (v, dec) in enumerate(walk.items()):
+            xs = [d["depth"] for d in dec]
+            finals = [[a if math.isfinite(a) else 0.0 for a in d["final_train_acc"]] for d in dec]
+            means = [statistics.fmean(f) for f in finals]
+            lo = [m - min(f) for m, f in zip(means, finals, strict=True)]
+            hi = [max(f) - m for m, f in zip(means, finals, strict=True)]
+            ax1.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, color=f"C{i}", label=v)
+            bad = [(d["depth"], m) for d, m in zip(dec, means, strict=True) if not d["trainable"]]
+            if bad:
+                ax1.scatter(*zip(*bad, strict=True), marker="x", s=70, color=f"C{i}")
+            steps = [(d["depth"], d["steps_to_target"]) for d in dec if math.isfinite(d["steps_to_target"])]
+            if steps:
+                ax2.plot(*zip(*steps, strict=True), marker="o", color=f"C{i}", label=v)
+        ax1.axhline(p["target"], color="k", ls="--", lw=0.8, label=f"target {p['target']:g}")
         ax1.set(
             xscale="log",
             xlabel="depth (hidden layers)",
-            ylabel="final train accuracy (best LR; range over seeds)",
-            title="x: untrainable (sweep stops there)",
+            ylabel="final train accuracy (range over seeds)",
+            title="x: untrainable (deeper depths not run)",
         )
-        ax1.set_xticks(depths, [str(d) for d in depths])
-        ax1.xaxis.set_minor_formatter(NullFormatter())
-        ax1.legend(fontsize=7)
-        best = [deepest(rows, v) for v in evidence["variants"]]
-        ax2.bar(range(len(best)), best, color=[f"C{i}" for i in range(len(best))])
-        ax2.set_xticks(range(len(best)), evidence["variants"], fontsize=8)
-        ax2.set(ylabel="deepest trainable depth", title=f"majority of {evidence['n_seeds']} seeds >= {target:.0%}")
+        ax2.set(
+            xscale="log",
+            xlabel="depth (hidden layers)",
+            ylabel=f"median steps to train acc {p['target']:g}",
+            title="at the tuned lr (passing seeds)",
+        )
+        for ax in (ax1, ax2):
+            ax.set_xticks(depths, [str(d) for d in depths])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.legend(fontsize=7)
 
 
 CLAIM = DepthLimit()

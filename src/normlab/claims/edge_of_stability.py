@@ -1,33 +1,36 @@
 """edge-of-stability: under full-batch GD, sharpness rises to ~2/eta and hovers there, with and without BN.
 
 Source: Cohen, Kaur, Li, Kolter & Talwalkar 2021, "Gradient Descent on Neural
-Networks Typically Occurs at the Edge of Stability".
+Networks Typically Occurs at the Edge of Stability" (code:
+github.com/locuslab/edge-of-stability).
 
-Protocol: Cohen et al.'s fc-tanh, 40-200-200-10 (two hidden tanh layers of
-200), PyTorch's default initialization as in their code, on the first 1000
-MNIST-1D training examples with the square loss on one-hot targets in their
-form, ``0.5 * sum over classes, mean over examples`` (a different constant
-only rescales the step size). The seed sets the initialization only (the data
-and GD are deterministic). A second net puts BatchNorm before each tanh and
-is analyzed in training mode (``bn_mode="train"``: with full-batch GD the
-batch statistics are those of the whole set, so the training loss is a fixed
-function). Full-batch gradient descent (plain SGD on the whole set, no
-momentum) at eta in {0.1, 0.2, 0.25}. Runs have equal length in "time"
-``eta * steps = 120`` (1200, 600 and 480 steps; CLAIMS.md's ~4000 steps do not
-fit 18 runs into 5 minutes on 2 cores, and at eta = 0.1 the plain net's
-sharpness reaches 2/eta after ~700 steps). lambda_max (the top Hessian
-eigenvalue of the full-batch training loss, by
-:class:`normlab.analysis.SharpnessTracker`, warm-started Lanczos, tol 1e-3) is
-measured 24 times per run, before the update of the step. A run whose loss becomes non-finite is stopped and marked
-diverged.
+Protocol: Cohen et al.'s fc-tanh (hidden tanh layers of ``width``, PyTorch's
+default initialization as in their code) on the first ``n_examples`` MNIST-1D
+training examples with their square loss on one-hot targets (``0.5 * sum over
+classes, mean over examples``). The BN net is their fc-tanh-bn: BatchNorm
+*after* each tanh (Linear, tanh, BN), as in their ``fully_connected_net_bn``;
+its Hessian is taken in training mode (full batch, so the loss is a fixed
+function). The seed sets the initialization only (data and GD are
+deterministic).
 
-Rule (CLAIMS.md): the late-training median of lambda_max * eta / 2 lies in
-[0.9, 1.2] for every step size (and both nets, as the statement says "with and
-without BN"). "Late" is the second half of the run (time >= 60); the per-seed
-medians are averaged over seeds; a net/step-size pair with a diverged seed
-fails; for such pairs the numbers and the reason give the initial
-lambda_max * eta / 2 (above 1 means GD starts beyond its stability limit).
-With fewer than 3 seeds (quick mode) the verdict is ``inconclusive``.
+Step sizes: each cell measures its own net's initial sharpness lambda_0 at
+init and runs GD at ``eta = factor * 2 / lambda_0`` (the BN net starts ~14x
+sharper than the plain one, so a shared grid would start it beyond its
+stability limit; the old module did that). Every run has the same length in
+units of the initial stability time: ``steps = budget / factor`` (so
+``eta * lambda_0 / 2 * steps = budget``); CLAIMS.md's ~4000 steps do not fit
+the budget of 30 runs, and the smallest factor (the slowest run) gets the most
+steps, enough to reach 2/eta and hover for the second half of the run.
+lambda_max (top Hessian eigenvalue of the full-batch loss, warm-started
+Lanczos at tolerance ``tol``) is measured ``measurements`` times per run
+(every ``steps / measurements`` steps, finer than CLAIMS.md's 100-500 so the
+short runs have several late points), before the step's update. A run whose
+loss (or parameters) becomes non-finite is stopped and marked diverged.
+
+Rule: per (net, factor), the per-seed median of lambda_max * eta / 2 over the
+second half of the run; its mean over seeds must lie in the band with its
+whole bootstrap interval (a band part per pair; a diverged seed makes its pair
+fail).
 """
 
 from __future__ import annotations
@@ -41,17 +44,11 @@ from ..analysis import SharpnessTracker
 from ..data import mnist1d
 from ..models import MLP
 from ..train import seed_everything
-from ._support import fmt, nanmean, nanmedian, nanstd, num, seeds_caveat, single_thread
-from .base import Claim, Context, Verdict
+from .base import Claim, Verdict, band_part, fmt, group, num, per_seed, sweep
+from .recipes import nanmean, nanmedian
 
-LRS = (0.1, 0.2, 0.25)
-TIME = 120.0  # eta * steps
-QUICK_TIME = 20.0
-MEASUREMENTS = 24
-N_EXAMPLES = 1000
-BAND = (0.9, 1.2)
-YLIM = (0.05, 20.0)  # the figure's y range (diverging runs are clipped)
 NETS = ("fc-tanh", "fc-tanh-bn")
+_DATA: dict = {}
 
 
 def square_loss(out, target):
@@ -59,55 +56,28 @@ def square_loss(out, target):
     return 0.5 * ((out - target) ** 2).sum(dim=1).mean()
 
 
-def _run(x, t, net: str, lr: float, seed: int, time_budget: float, measurements: int = MEASUREMENTS) -> dict:
-    seed_everything(seed)
-    model = MLP(x.shape[1], 10, width=200, depth=2, norm="bn" if net.endswith("bn") else None, activation="tanh")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    steps = int(round(time_budget / lr))
-    every = max(1, steps // measurements)
-    tracker = SharpnessTracker(model, square_loss, (x, t), every=every, bn_mode="train", tol=1e-3, seed=seed)
-    losses, diverged = [], False
-    for step in range(steps + 1):
-        try:
-            tracker.step(step)
-        except Exception:  # non-finite parameters or curvature make the eigen-solver fail: the run has diverged
-            with torch.no_grad():
-                finite_loss = math.isfinite(float(square_loss(model(x), t)))
-            if finite_loss and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-                raise
-            diverged = True
-            break
-        if step == steps:
-            break
-        opt.zero_grad(set_to_none=True)
-        loss = square_loss(model(x), t)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
-        losses.append(value)
-        if not math.isfinite(value):
-            diverged = True
-            break
-    loss_every = max(1, steps // 100)
-    return {
-        "seed": seed,
-        "lr": lr,
-        "steps": steps,
-        "measure_steps": tracker.steps,
-        "lambda_max": tracker.values,
-        "loss_steps": list(range(0, len(losses), loss_every)),
-        "loss": losses[::loss_every],
-        "diverged": diverged,
-    }
+def _data(n: int):
+    if n not in _DATA:
+        d = mnist1d()
+        x = d.x_train[:n]
+        _DATA[n] = (x, F.one_hot(d.y_train[:n], 10).to(x.dtype))
+    return _DATA[n]
 
 
-def _late_median(run: dict) -> float:
+def build_net(net: str, width: int, depth: int) -> torch.nn.Module:
+    """fc-tanh, or fc-tanh-bn with BatchNorm after each tanh (Cohen et al.'s placement)."""
+    bn = net == "fc-tanh-bn"
+    return MLP(40, 10, width=width, depth=depth, norm="bn" if bn else None, placement="after", activation="tanh")
+
+
+def late_median(row: dict) -> float:
     """Median of lambda_max * eta / 2 over the measurements in the second half of the run (nan if diverged)."""
-    if run["diverged"]:
+    if row["diverged"]:
         return math.nan
-    lr, half = num(run["lr"]), run["steps"] / 2
-    vals = [num(v) * lr / 2 for s, v in zip(run["measure_steps"], run["lambda_max"], strict=False) if s >= half]
-    return nanmedian(vals)
+    eta, half = num(row["eta"]), row["steps"] / 2
+    return nanmedian(
+        [num(v) * eta / 2 for s, v in zip(row["measure_steps"], row["lambda_max"], strict=True) if s >= half]
+    )
 
 
 class EdgeOfStability(Claim):
@@ -115,102 +85,154 @@ class EdgeOfStability(Claim):
     title = "Sharpness hovers at 2/eta under GD"
     source = "Cohen et al. 2021"
     statement = "under full-batch GD, sharpness rises to ~2/eta and hovers there, with and without BN"
+    params = {
+        "n_examples": 1000,
+        "width": 200,
+        "depth": 2,
+        "factors": (0.35, 0.7, 0.9),
+        "budget": 420.0,
+        "measurements": 10,
+        "tol": 1e-2,
+        "band": (0.9, 1.2),
+    }
+    quick = {"factors": (0.9,), "budget": 30.0, "measurements": 5, "n_examples": 500}
+    seeds = 5
+    min_seeds = 5
+    data = ("mnist1d",)
     protocol = (
-        "fc-tanh 40-200-200-10 (and with BN before each tanh, train mode), square loss on one-hot targets, "
-        "1000 mnist1d examples, full-batch GD at eta in {0.1, 0.2, 0.25} for eta*steps = 120; lambda_max 24x per run"
+        "fc-tanh 40-{width}-{width}-10 and fc-tanh-bn (BN after each tanh, as in Cohen et al.'s code), square loss "
+        "on one-hot targets, {n_examples} mnist1d examples, full-batch GD at eta = factor x 2/lambda_0 (each net's "
+        "own initial sharpness) for factor in {factors}, steps = {budget:g} / factor; lambda_max (Lanczos, tol "
+        "{tol:g}) {measurements} times per run"
     )
     rule = (
-        "late-training (second half) median of lambda_max * eta / 2, averaged over seeds, in [0.9, 1.2] "
-        "for every step size and both nets; a diverged seed fails its pair"
+        "per net and factor: seed mean of the late (second-half) median of lambda_max * eta / 2 in [{band}] with its "
+        "whole 95% bootstrap interval; a diverged seed fails its pair"
     )
 
-    def run(self, ctx: Context) -> dict:
-        lrs = ctx.pick((0.25,), LRS)
-        budget = ctx.pick(QUICK_TIME, TIME)
-        with single_thread():
-            data = mnist1d()
-            x = data.x_train[:N_EXAMPLES]
-            t = F.one_hot(data.y_train[:N_EXAMPLES], 10).to(x.dtype)
-            runs = []
-            for net in NETS:
-                for lr in lrs:
-                    for seed in ctx.seeds:
-                        r = _run(x, t, net, lr, seed, budget, ctx.pick(10, MEASUREMENTS))
-                        r["net"] = net
-                        runs.append(r)
-                        ctx.log(
-                            f"  {net} lr={lr:g} seed {seed}: late lambda*eta/2 = {fmt(_late_median(r))}"
-                            + (" (diverged)" if r["diverged"] else "")
-                        )
-        return {"runs": runs, "lrs": list(lrs), "nets": list(NETS), "time": budget, "n_seeds": len(ctx.seeds)}
+    def grid(self, p: dict, seeds: list[int], rows: list[dict]) -> list[dict]:
+        return [] if rows else sweep(seeds, net=NETS, factor=list(p["factors"]))
 
-    def verdict(self, evidence: dict) -> Verdict:
-        runs = evidence["runs"]
-        if not runs:
+    def cell(self, p: dict, config: dict) -> dict:
+        seed, factor = config["seed"], float(config["factor"])
+        x, t = _data(p["n_examples"])
+        seed_everything(seed)
+        model = build_net(config["net"], p["width"], p["depth"])
+        steps = int(round(p["budget"] / factor))
+        every = max(1, steps // p["measurements"])
+        tracker = SharpnessTracker(model, square_loss, (x, t), every=every, bn_mode="train", tol=p["tol"], seed=seed)
+        lambda0 = tracker.measure(0).lambda_max
+        eta = factor * 2 / lambda0
+        opt = torch.optim.SGD(model.parameters(), lr=eta)
+        losses, diverged = [], False
+        for step in range(steps + 1):
+            if step:
+                try:
+                    tracker.step(step)
+                except Exception:  # non-finite curvature makes the eigen-solver fail: the run has diverged
+                    if all(bool(torch.isfinite(q).all()) for q in model.parameters()):
+                        raise
+                    diverged = True
+                    break
+            if step == steps:
+                break
+            opt.zero_grad(set_to_none=True)
+            loss = square_loss(model(x), t)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                diverged = True
+                break
+        stride = max(1, steps // 100)
+        row = {
+            "lambda0": lambda0,
+            "eta": eta,
+            "steps": steps,
+            "measure_steps": tracker.steps,
+            "lambda_max": tracker.values,
+            "loss_steps": list(range(0, len(losses), stride)),
+            "loss": losses[::stride],
+            "final_loss": losses[-1] if losses else math.nan,
+            "diverged": diverged,
+        }
+        row["late"] = late_median(row)
+        return row
+
+    def verdict(self, p: dict, rows: list[dict]) -> Verdict:
+        lo, hi = p["band"]
+        parts, numbers = [], {}
+        for (net, factor), rs in group(rows, "net", "factor").items():
+            key = f"{net}_x{num(factor):g}"
+            n_div = sum(bool(r["diverged"]) for r in rs)
+            part = band_part(key, per_seed(rs, "late"), lo, hi, what=f"{net} eta={num(factor):g}x2/lambda_0")
+            if n_div:
+                part.text += f" ({n_div}/{len(rs)} seeds diverged)"
+            parts.append(part)
+            numbers[key] = part.estimate
+            numbers[key + "_low"] = part.low
+            numbers[key + "_high"] = part.high
+            numbers[key + "_diverged"] = float(n_div)
+            numbers[key + "_final"] = nanmean([num(r["lambda_max"][-1]) * num(r["eta"]) / 2 for r in rs])
+            numbers[f"lambda0_{net}"] = sum(num(r["lambda0"]) for r in rs) / len(rs)
+        if not parts:
             return Verdict("inconclusive", "no runs")
-        numbers, bad, parts = {}, [], []
-        for net in evidence["nets"]:
-            for lr in evidence["lrs"]:
-                rs = [r for r in runs if r["net"] == net and num(r["lr"]) == num(lr)]
-                meds = [_late_median(r) for r in rs]
-                n_div = sum(bool(r["diverged"]) for r in rs)
-                m = nanmean(meds) if n_div == 0 else math.nan
-                key = f"{net}_lr{num(lr):g}"
-                numbers[key] = m
-                numbers[key + "_diverged"] = float(n_div)
-                ok = n_div == 0 and BAND[0] <= m <= BAND[1]
-                init = nanmean([num(r["lambda_max"][0]) * num(lr) / 2 for r in rs if r["lambda_max"]])
-                numbers[key + "_initial"] = init
-                label = f"{net} eta={num(lr):g}: " + (
-                    f"{fmt(m)}" if n_div == 0 else f"diverged in {n_div}/{len(rs)} (initial {fmt(init)})"
-                )
-                parts.append(label)
-                if not ok:
-                    bad.append(label)
-        reason = f"late median lambda_max*eta/2: {'; '.join(parts)} (band {BAND[0]}..{BAND[1]})"
-        caveat = seeds_caveat(int(evidence["n_seeds"]))
-        status = "holds" if not bad else "fails"
-        if caveat:
-            return Verdict("inconclusive", f"{caveat}; would be {status}: {reason}", numbers)
-        if not bad:
-            return Verdict("holds", reason, numbers)
-        return Verdict("fails", f"outside the band: {'; '.join(bad)}. All: {reason}", numbers)
+        note = (
+            "initial sharpness lambda_0 (seed mean): "
+            + ", ".join(f"{net} {fmt(numbers[f'lambda0_{net}'])}" for net in NETS if f"lambda0_{net}" in numbers)
+            + "; lambda_max * eta / 2 at the last measurement (seed mean, not judged): "
+            + ", ".join(f"{k[:-6]} {fmt(v)}" for k, v in numbers.items() if k.endswith("_final"))
+        )
+        return Verdict.combine(parts, numbers=numbers, note=note)
 
-    def plot(self, evidence: dict, fig) -> None:
-        runs = evidence["runs"]
-        nets = evidence["nets"]
-        axes = fig.subplots(1, len(nets) + 1)
-        for ax, net in zip(axes, nets, strict=False):
-            for i, lr in enumerate(evidence["lrs"]):
-                rs = [r for r in runs if r["net"] == net and num(r["lr"]) == num(lr)]
+    def plot(self, p: dict, rows: list[dict], fig) -> None:
+        axes = fig.subplots(1, len(NETS) + 1)
+        factors = list(p["factors"])
+        ylim = (0.2, 5.0)
+        for ax, net in zip(axes, NETS, strict=False):
+            for i, factor in enumerate(factors):
+                rs = [r for r in rows if r["net"] == net and num(r["factor"]) == num(factor)]
                 for j, r in enumerate(rs):
-                    ts = [s * num(lr) for s in r["measure_steps"]]
-                    vals = [min(max(num(v) * num(lr) / 2, YLIM[0]), YLIM[1]) for v in r["lambda_max"]]
-                    ax.plot(ts, vals, color=f"C{i}", lw=1, alpha=0.8, label=f"eta={num(lr):g}" if j == 0 else None)
+                    eta = num(r["eta"])
+                    ts = [s / r["steps"] for s in r["measure_steps"]]
+                    vals = [min(max(num(v) * eta / 2, ylim[0]), ylim[1]) for v in r["lambda_max"]]
+                    ax.plot(
+                        ts,
+                        vals,
+                        color=f"C{i}",
+                        lw=1,
+                        marker=".",
+                        ms=3,
+                        alpha=0.8,
+                        label=f"factor {num(factor):g}" if j == 0 else None,
+                    )
                     if r["diverged"]:
-                        ax.plot(ts[-1:] or [0.0], [YLIM[1]], "x", color=f"C{i}", ms=8)
+                        ax.plot(ts[-1:] or [0.0], [ylim[1]], "x", color=f"C{i}", ms=8)
             ax.axhline(1.0, color="k", ls="--", lw=1)
-            ax.axhspan(BAND[0], BAND[1], color="gray", alpha=0.15)
+            ax.axhspan(*p["band"], color="gray", alpha=0.15)
+            ax.axvline(0.5, color="gray", ls=":", lw=1)
             ax.set_yscale("log")
-            ax.set_ylim(*YLIM)
-            ax.set_xlabel("time = step x eta")
-            ax.set_ylabel("lambda_max * eta / 2")
-            ax.set_title(f"{net} (x: diverged, clipped at {YLIM[1]:g})", fontsize=9)
+            ax.set_ylim(*ylim)
+            ax.set_xlabel("fraction of the run")
+            ax.set_ylabel(r"$\lambda_{max}\,\eta/2$")
+            ax.set_title(f"{net} (late half right of dotted; x: diverged)", fontsize=8)
             ax.legend(fontsize=7)
         ax = axes[-1]
-        for k, net in enumerate(nets):
-            for i, lr in enumerate(evidence["lrs"]):
-                rs = [r for r in runs if r["net"] == net and num(r["lr"]) == num(lr)]
-                meds = [_late_median(r) for r in rs]
-                x = k * (len(evidence["lrs"]) + 1) + i
-                m, s = nanmean(meds), nanstd(meds)
-                ax.bar(x, m if math.isfinite(m) else 0, yerr=s if math.isfinite(s) else 0, color=f"C{i}", alpha=0.6)
-                ax.scatter([x] * len(meds), [v if math.isfinite(v) else 0 for v in meds], color="k", s=8)
-        ax.axhspan(BAND[0], BAND[1], color="gray", alpha=0.15)
-        ticks = [k * (len(evidence["lrs"]) + 1) + i for k in range(len(nets)) for i in range(len(evidence["lrs"]))]
-        names = [f"{'BN' if n.endswith('bn') else 'plain'} {num(lr):g}" for n in nets for lr in evidence["lrs"]]
+        ticks, names = [], []
+        for k, net in enumerate(NETS):
+            for i, factor in enumerate(factors):
+                rs = [r for r in rows if r["net"] == net and num(r["factor"]) == num(factor)]
+                vals = [num(r["late"]) for r in rs]
+                x = k * (len(factors) + 1) + i
+                fin = [v for v in vals if math.isfinite(v)]
+                if fin:
+                    ax.bar(x, sum(fin) / len(fin), color=f"C{i}", alpha=0.5)
+                ax.scatter([x] * len(vals), [v if math.isfinite(v) else 0 for v in vals], color="k", s=10, zorder=3)
+                ticks.append(x)
+                names.append(f"{'BN' if net.endswith('bn') else 'plain'} x{num(factor):g}")
+        ax.axhspan(*p["band"], color="gray", alpha=0.15)
         ax.set_xticks(ticks, names, rotation=30, fontsize=7)
-        ax.set_ylabel("late median (0 = diverged)")
+        ax.set_ylabel(r"late median $\lambda_{max}\,\eta/2$ (0 = diverged)")
 
 
 CLAIM = EdgeOfStability()

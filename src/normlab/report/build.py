@@ -1,9 +1,10 @@
 """Build ``report.html`` and ``summary.md`` from the result files of an output root.
 
-Layout read (written by :func:`normlab.claims.runner.run_claim`)::
-
-    OUT/<claim-id>/result.json   verdict, numbers, evidence, seeds, mode, seconds, env, error
-    OUT/<claim-id>/figure.png    the claim's figure (absent when the claim raised)
+Layout read (written by :func:`normlab.claims.runner.run_claim`, see
+:mod:`normlab.runs`): each claim's latest complete run, found through
+``OUT/index.sqlite``, from ``OUT/runs/<run-id>/result.json`` (verdict with
+its parts and checks, numbers, params, seeds, mode, seconds, env, error),
+``rows.json`` and ``figure.png``. Several output roots merge.
 
 Decisions:
 
@@ -24,8 +25,9 @@ import base64
 import html
 import json
 import math
+import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -41,7 +43,8 @@ ENV_KEYS: tuple[tuple[str, str], ...] = (
     ("platform", "platform"),
     ("cpu", "CPU"),
     ("cores", "cores"),
-    ("torch_threads", "torch threads"),
+    ("torch_threads", "torch threads per cell"),
+    ("jobs", "worker processes"),
 )
 _EVIDENCE_CHARS = 20_000  # the evidence shown inline; result.json has all of it
 
@@ -53,36 +56,61 @@ class ReportError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
-def load_results(out_dir: str | Path) -> tuple[list[dict], list[str]]:
-    """The result records under ``out_dir`` (registry order) and the problems met reading them.
+def load_results(out_dirs: str | Path | Sequence[str | Path]) -> tuple[list[dict], list[str]]:
+    """The latest complete (or failed) run of each claim under ``out_dirs`` and the problems met reading them.
 
-    Each record is the parsed ``result.json`` plus ``_dir`` (its claim
-    directory). Raises :class:`ReportError` if ``out_dir`` is missing, not a
-    directory, or unreadable.
+    Several output roots (the shards of a job array, say) merge: for each
+    claim the most recently started run wins. Runs are found through each
+    root's index; a root without an index but with run directories is read
+    from the directories. Interrupted or still-running runs are never
+    results. Each record is the parsed ``result.json`` plus ``_dir`` (its run
+    directory). Raises :class:`ReportError` if a root is missing, unreadable,
+    or its index is broken (the message says how to rebuild it).
     """
-    root = Path(out_dir)
-    if not root.exists():
-        raise ReportError(f"output directory {str(root)!r} does not exist; run `normlab reproduce` to create it")
-    if not root.is_dir():
-        raise ReportError(f"{str(root)!r} is not a directory")
-    try:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError as err:
-        raise ReportError(f"cannot read output directory {str(root)!r}: {err.strerror or err}") from err
-    results, problems = [], []
-    for d in subdirs:
-        path = d / "result.json"
-        if not path.exists():
-            continue
+    from ..runs import RUNS_DIR, IndexError_, RunIndex, record_from_dir
+
+    roots = [Path(out_dirs)] if isinstance(out_dirs, (str, Path)) else [Path(d) for d in out_dirs]
+    if not roots:
+        raise ReportError("give at least one output directory")
+    latest: dict[str, dict] = {}
+    problems: list[str] = []
+    for root in roots:
+        if not root.exists():
+            raise ReportError(f"output directory {str(root)!r} does not exist; run `normlab reproduce` to create it")
+        if not root.is_dir():
+            raise ReportError(f"{str(root)!r} is not a directory")
+        index = RunIndex(root)
+        try:
+            if index.path.exists():
+                rows = index.list(problems=problems)
+            else:
+                runs_dir = root / RUNS_DIR
+                dirs = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+                rows = [r for r in (record_from_dir(d, root) for d in dirs) if r is not None]
+                for r in rows:
+                    r["path"] = root / r["path"]
+        except IndexError_ as err:
+            raise ReportError(str(err)) from err
+        except OSError as err:
+            raise ReportError(f"cannot read output directory {str(root)!r}: {err.strerror or err}") from err
+        for r in rows:
+            if r["state"] not in ("complete", "failed"):
+                continue
+            prev = latest.get(r["claim"])
+            if prev is None or r["started"] >= prev["started"]:
+                latest[r["claim"]] = r
+    results = []
+    for claim, r in latest.items():
+        path = Path(r["path"]) / "result.json"
         try:
             record = json.loads(path.read_text())
             if not isinstance(record, dict) or not isinstance(record.get("verdict"), dict):
                 raise ValueError("not a claim result (no verdict)")
         except (OSError, ValueError) as err:
-            problems.append(f"{path}: unreadable result file ({err})")
+            problems.append(f"{path}: unreadable result file of the latest {claim} run ({err})")
             continue
-        record.setdefault("id", d.name)
-        record["_dir"] = d
+        record.setdefault("id", claim)
+        record["_dir"] = Path(r["path"])
         results.append(record)
     return _registry_order(results), problems
 
@@ -148,8 +176,15 @@ def _command(record: dict) -> str:
     cmd = f"normlab reproduce {record['id']}"
     if record.get("mode") == "quick":
         cmd += " --quick"
-    if isinstance(record.get("seeds"), list):
-        cmd += f" --seeds {len(record['seeds'])}"
+    seeds = record.get("seeds")
+    if isinstance(seeds, list) and seeds:
+        contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+        spec = (
+            (str(len(seeds)) if seeds[0] == 0 else f"{seeds[0]}-{seeds[-1]}")
+            if contiguous
+            else ",".join(map(str, seeds))
+        )
+        cmd += f" --seeds {spec}"
     return cmd
 
 
@@ -301,7 +336,49 @@ def _row_html(r: dict) -> str:
     return f'<tr id="claim-{cid}" class="verdict-{_status(r)}">' + "".join(cells) + "</tr>"
 
 
-def _section_html(r: dict) -> str:
+def _parts_html(r: dict) -> str:
+    parts = r.get("verdict", {}).get("parts") or []
+    if not parts:
+        return "-"
+    items = [
+        f'<li><span class="badge {_e(p.get("status"))}">{_e(p.get("status"))}</span> {_e(p.get("text", ""))}</li>'
+        for p in parts
+        if isinstance(p, dict)
+    ]
+    return '<ul class="numbers">' + "".join(items) + "</ul>"
+
+
+def _checks_html(r: dict) -> str:
+    checks = r.get("verdict", {}).get("checks") or []
+    if not checks:
+        return "-"
+    items = [
+        f"<li>{'pass' if c.get('passed') else 'FAILED'}: {_e(c.get('text', ''))}</li>"
+        for c in checks
+        if isinstance(c, dict)
+    ]
+    return (
+        '<ul class="numbers">' + "".join(items) + "</ul> <span class='meta'>(follow from algebra; not evidence)</span>"
+    )
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    try:
+        return os.path.relpath(path, out_dir)
+    except ValueError:
+        return str(path)
+
+
+def _files_html(r: dict, out_dir: Path) -> str:
+    d = _rel(r["_dir"], out_dir)
+    links = [
+        f'<a href="{_e(d)}/{name}">{_e(d)}/{name}</a>'
+        for name in ("result.json", "rows.json", "config.json", "env.json")
+    ]
+    return ", ".join(links) + " (links need the output folder beside this page)"
+
+
+def _section_html(r: dict, out_dir: Path) -> str:
     cid = _e(r["id"])
     parts = [f'<section class="claim" id="section-{cid}">', f"<h3><code>{cid}</code>: {_e(r.get('title', ''))}</h3>"]
     fields = [
@@ -312,8 +389,10 @@ def _section_html(r: dict) -> str:
         ("verdict", _badge(r) + " " + _e(r.get("verdict", {}).get("reason", ""))),
         ("numbers", _numbers_html(r)),
         ("seeds / mode", f"{_e(_seeds(r))} / {_e(r.get('mode', '?'))}, {_e(_duration(r.get('seconds')))}"),
+        ("evidence", _parts_html(r)),
+        ("checks", _checks_html(r)),
         ("command", f"<code>{_e(_command(r))}</code>"),
-        ("files", f'<a href="{cid}/result.json">{cid}/result.json</a> (evidence, environment)'),
+        ("files", _files_html(r, out_dir)),
     ]
     parts.append("<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields) + "</dl>")
     figures = _figure_paths(r)
@@ -330,10 +409,13 @@ def _section_html(r: dict) -> str:
         parts.append("<p class='note'>no figure (the run did not produce one)</p>")
     if r.get("error"):
         parts.append(f'<p>The run raised an error:</p><pre class="error">{_e(r["error"])}</pre>')
-    evidence = json.dumps(r.get("evidence", {}), indent=1)
-    cut = len(evidence) > _EVIDENCE_CHARS
-    evidence = evidence[:_EVIDENCE_CHARS] + ("\n... (truncated; see result.json)" if cut else "")
-    parts.append(f"<details><summary>evidence</summary><pre>{_e(evidence)}</pre></details>")
+    try:
+        rows = (r["_dir"] / "rows.json").read_text()
+    except OSError:
+        rows = "(rows.json not readable)"
+    cut = len(rows) > _EVIDENCE_CHARS
+    rows = rows[:_EVIDENCE_CHARS] + ("\n... (truncated; see rows.json)" if cut else "")
+    parts.append(f"<details><summary>rows (every cell)</summary><pre>{_e(rows)}</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -366,7 +448,7 @@ def render_html(results: list[dict], problems: list[str], out_dir: Path) -> str:
     body.extend(_row_html(r) for r in results)
     body.append("</tbody></table>")
     body.append("<h2>Claims</h2>")
-    body.extend(_section_html(r) for r in results)
+    body.extend(_section_html(r, out_dir) for r in results)
     if absent:
         body.append("<h2>Implemented, not in this output</h2><ul>")
         body.extend(
@@ -406,7 +488,7 @@ def _md(text) -> str:
     return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def render_markdown(results: list[dict], problems: list[str]) -> str:
+def render_markdown(results: list[dict], problems: list[str], out_dir: Path) -> str:
     pending, absent = _pending_and_absent(results)
     lines = [
         "# normlab: claims summary",
@@ -425,7 +507,7 @@ def render_markdown(results: list[dict], problems: list[str]) -> str:
         nums = "; ".join(f"{k} = {v}" for k, v in _numbers(r)) or "-"
         verdict = f"**{_status(r)}**" + (" (error)" if r.get("error") else "")
         figs = _figure_paths(r)
-        fig = f"[{figs[0].name}]({r['_dir'].name}/{figs[0].name})" if figs else "-"
+        fig = f"[{figs[0].name}]({_rel(figs[0], out_dir)})" if figs else "-"
         cells = [
             f"`{_md(r['id'])}`",
             _md(r.get("title", "")),
@@ -454,24 +536,27 @@ def render_markdown(results: list[dict], problems: list[str]) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``out_dir/report.html`` and ``out_dir/summary.md``; return their paths.
+def write_report(out_dirs: str | Path | Sequence[str | Path], dest: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``summary.md`` from the latest runs under ``out_dirs``; return their paths.
 
-    Raises :class:`ReportError` when ``out_dir`` is missing or unreadable or
-    holds no claim result.
+    They go into ``dest`` (default: the first output root). Raises
+    :class:`ReportError` when a root is missing, unreadable or broken, or no
+    root holds a complete run.
     """
-    root = Path(out_dir)
-    results, problems = load_results(root)
+    roots = [Path(out_dirs)] if isinstance(out_dirs, (str, Path)) else [Path(d) for d in out_dirs]
+    results, problems = load_results(roots)
     if not results:
         detail = f" ({len(problems)} unreadable: {problems[0]})" if problems else ""
         raise ReportError(
-            f"no claim results (<claim-id>/result.json) under {str(root)!r}{detail}; "
+            f"no complete claim run under {', '.join(repr(str(r)) for r in roots)}{detail}; "
             "run `normlab reproduce ID... --out DIR` first"
         )
+    root = Path(dest) if dest is not None else roots[0]
     html_path, md_path = root / HTML_NAME, root / MD_NAME
     try:
+        root.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(results, problems, root), encoding="utf-8")
-        md_path.write_text(render_markdown(results, problems), encoding="utf-8")
+        md_path.write_text(render_markdown(results, problems, root), encoding="utf-8")
     except OSError as err:
         raise ReportError(f"cannot write the report into {str(root)!r}: {err.strerror or err}") from err
     return html_path, md_path
