@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..analysis import ActivationProbe
-from ..data import Dataset
 from ..models import MLP, init_weights
-from ..train import seed_everything, train
+from ..train import seed_everything
 from .base import finite, fmt, mean_std, num
 
 __all__ = ["CHANCE", "fmt", "finite", "num"]
@@ -74,63 +73,6 @@ def probe_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer_type=n
     return [stats[n]["norm"][0] for n in names], [stats[n]["grad_norm"][0] for n in names]
 
 
-def mlp_run(
-    data: Dataset,
-    *,
-    seed: int,
-    depth: int,
-    width: int,
-    c: float,
-    norm: str | None,
-    lr: float,
-    momentum: float,
-    batch_size: int,
-    epochs: int,
-    probe_examples: int = 500,
-) -> dict:
-    """Train one deep ReLU MLP with W ~ N(0, c / fan_in); per-layer norms at init and after training.
-
-    Returns a JSON-safe dict: ``init_act``/``init_grad`` and ``final_act``/``final_grad``
-    (ReLU-output norms and their gradient norms on the first ``probe_examples``
-    training examples), ``input_norm``, the per-epoch mean training loss, the
-    first step's loss, test/train accuracy per epoch, ``diverged``.
-    """
-    gen = seed_everything(seed)
-    model = MLP(data.x_train.shape[1], data.num_classes, width=width, depth=depth, norm=norm)
-    init_weights(model, "gaussian", c=c, generator=gen)
-    xb, yb = data.x_train[:probe_examples], data.y_train[:probe_examples]
-    init_act, init_grad = probe_norms(model, xb, yb)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    per_epoch = len(data.x_train) // batch_size
-    hist = train(
-        model, data, opt, epochs=epochs, batch_size=batch_size, seed=seed, eval_every=per_epoch, progress=False
-    )
-    final_act, final_grad = probe_norms(model, xb, yb)
-    epoch_loss = [
-        sum(hist.loss[i : i + per_epoch]) / len(hist.loss[i : i + per_epoch])
-        for i in range(0, len(hist.loss), per_epoch)
-    ]
-    return {
-        "seed": seed,
-        "c": c,
-        "norm": norm or "none",
-        "input_norm": float(xb.norm()),
-        "init_act": init_act,
-        "init_grad": init_grad,
-        "final_act": final_act,
-        "final_grad": final_grad,
-        "first_loss": hist.loss[0] if hist.loss else math.nan,
-        "epoch_loss": epoch_loss,
-        "eval_steps": hist.eval_steps,
-        "test_acc": hist.test_acc,
-        "train_acc": hist.train_acc,
-        "final_test_acc": hist.final_test_acc,
-        "diverged": hist.diverged,
-        "steps": len(hist.loss),
-        "seconds": hist.seconds,
-    }
-
-
 @contextlib.contextmanager
 def single_thread() -> Iterator[None]:
     """One intra-op thread for the experiment (the machine is shared), restored afterwards."""
@@ -151,26 +93,6 @@ def nanmean(values: Sequence) -> float:
 def nanmedian(values: Sequence) -> float:
     vals = [num(v) for v in values if finite(v)]
     return statistics.median(vals) if vals else math.nan
-
-
-def nanstd(values: Sequence) -> float:
-    vals = [num(v) for v in values if finite(v)]
-    return statistics.stdev(vals) if len(vals) > 1 else 0.0 if vals else math.nan
-
-
-def mean_curve(curves: Sequence[Sequence], fill: float = math.nan) -> list[float]:
-    """Element-wise mean of curves; a curve shorter than the longest is padded with ``fill``, nan counts as ``fill``.
-
-    Used for accuracy curves of runs that diverged (stopped early): ``fill`` is then chance accuracy.
-    """
-    if not curves:
-        return []
-    n = max(len(c) for c in curves)
-    out = []
-    for i in range(n):
-        vals = [num(c[i]) if i < len(c) and finite(c[i]) else fill for c in curves]
-        out.append(nanmean(vals))
-    return out
 
 
 # --------------------------------------------------------------------------- deep-MLP fits (init/depth claims)
