@@ -28,16 +28,17 @@ batch statistics over few examples); the price is that GN's output, and so
 its whole run, does not depend on b: one GN run per seed serves every b, its
 spread across b is exactly 0 (a check, with GN's per-example independence
 measured on a batch), and GN's error is reported beside BN's. The b grid is
-``stat_batches`` (CLAIMS.md: 2, 4, 8, 16, 32; the budget keeps the two the
-rule reads, b = ``b_small`` and b = ``b_ref``; a first run on seeds 0-4 with
-b = 8 too found it as good as b = ``b_ref``: the loss is at the smallest b);
-the cosine decay (Wu & He decay the LR in steps) is what brings b = ``b_ref``
-near zero training error in the budget (reported, not judged).
+``stat_batches``, CLAIMS.md's 2, 4, 8, 16, 32.
 
-Seeds: the gap is close to the threshold for its spread over seeds, so the
-claim runs 10 seeds in full mode (on seeds 0-4 alone the interval straddled
-the threshold, on 5-9 it cleared it). GN, reported and not judged, runs on
-the first ``gn_seeds`` of them (the budget).
+Budget: ``epochs`` epochs with the LR's cosine decay (Wu & He decay the LR
+in steps) bring b = ``b_ref`` to near-zero training error (reported, not
+judged): in a two-seed probe 0.2% at 24 epochs, against 1.9% at the
+previous 12, where the b = 2 gap was 6.8 points over 10 seeds; at 24 epochs
+the probe's gap was ~1.5 points, so the longer budget, which the issue asks
+for, shrinks BN's small-batch penalty here.
+
+Seeds: 10 in full mode (the gap's per-seed spread is ~2 points). GN,
+reported and not judged, runs on the first ``gn_seeds`` of them.
 """
 
 from __future__ import annotations
@@ -98,20 +99,20 @@ class BnSmallBatch(Claim):
         "channels": (32, 32, 64),
         "train": 2000,
         "batch": 32,
-        "stat_batches": (2, 32),
+        "stat_batches": (2, 4, 8, 16, 32),
         "b_small": 2,
         "b_ref": 32,
         "gn_groups": 8,
-        "gn_seeds": 5,
+        "gn_seeds": 10,
         "lr": 0.05,
         "momentum": 0.9,
-        "epochs": 12,
+        "epochs": 24,
         "bn_gap": 0.05,
         "gn_spread": 0.03,
         "independence_tol": 1e-5,
     }
-    quick = {"train": 320, "epochs": 1}
-    seeds = 10  # the gap is ~2 points above the threshold with a per-seed spread of ~2: 5 seeds straddle it
+    quick = {"train": 320, "epochs": 1, "stat_batches": (2, 32)}
+    seeds = 10  # the gap's per-seed spread is ~2 points: 5 seeds straddled the threshold at 12 epochs
     min_seeds = 5
     data = ("mnist1d",)
     protocol = (

@@ -18,9 +18,11 @@ init and runs GD at ``eta = factor * 2 / lambda_0`` (the BN net starts ~14x
 sharper than the plain one, so a shared grid would start it beyond its
 stability limit; the old module did that). Every run has the same length in
 units of the initial stability time: ``steps = budget / factor`` (so
-``eta * lambda_0 / 2 * steps = budget``); CLAIMS.md's ~4000 steps do not fit
-the budget of 30 runs, and the smallest factor (the slowest run) gets the most
-steps, enough to reach 2/eta and hover for the second half of the run.
+``eta * lambda_0 / 2 * steps = budget``): the smallest factor (the slowest
+run) gets the most steps, ~4300 as CLAIMS.md's ~4000, the largest ~1700.
+The previous budget of 420 (1200 steps at the smallest factor) left the BN
+net short of 2/eta at every factor; at 1500 a one-seed probe had the BN net
+at 1.00 x 2/eta at factor 0.9 and at 0.43 at factor 0.35 after 4286 steps.
 lambda_max (top Hessian eigenvalue of the full-batch loss, warm-started
 Lanczos at tolerance ``tol``) is measured ``measurements`` times per run
 (every ``steps / measurements`` steps, finer than CLAIMS.md's 100-500 so the
@@ -90,7 +92,7 @@ class EdgeOfStability(Claim):
         "width": 200,
         "depth": 2,
         "factors": (0.35, 0.7, 0.9),
-        "budget": 420.0,
+        "budget": 1500.0,
         "measurements": 10,
         "tol": 1e-2,
         "band": (0.9, 1.2),
