@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/normlab reproduce --all --quick --jobs 2 --out out/demo
 
-# The full run whose verdicts docs/claims.md reports (49 min measured on a shared 2-core machine).
+# The full run whose verdicts docs/claims.md reports (23 min measured with 2 idle cores).
 claims: $(STAMP)
 	$(BIN)/normlab reproduce --all --jobs 2 --out out/full
 
