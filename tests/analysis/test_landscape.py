@@ -63,7 +63,10 @@ def test_quadratic_exact():
     torch.testing.assert_close(res.losses, want_losses, rtol=1e-13, atol=0)
     # g(x - eta g) = A (w - eta A w): the change is eta A g exactly.
     torch.testing.assert_close(res.grad_changes, etas * (A @ g).norm(), rtol=1e-12, atol=0)
-    assert res.loss_band == (float(want_losses.min()), float(want_losses.max()))
+    # the band is exactly the extremes of the losses it reports; against the independent formula it agrees to
+    # the tolerance above (not bit for bit: AVX-512 kernels round the matmuls' last bit differently from AVX2)
+    assert res.loss_band == (float(res.losses.min()), float(res.losses.max()))
+    assert res.loss_band == pytest.approx((float(want_losses.min()), float(want_losses.max())), rel=1e-13, abs=0)
     assert res.grad_band == pytest.approx((float(etas[0] * (A @ g).norm()), float(etas[-1] * (A @ g).norm())))
     beta = float((A @ g).norm() / g.norm())
     assert res.beta_eff == pytest.approx(beta, rel=1e-12)
