@@ -377,7 +377,7 @@ def test_three_registries_share_the_spec_grammar():
     }
     for reg in (normlab.NORMS, normlab.WEIGHT_NORMS, normlab.OPTIMIZERS):
         assert type(reg) is Registry
-    # An optimizer table (empty until the gradient-side family lands) parses like the others.
+    # An optimizer table parses like the others.
     reg: Registry = Registry("optimizer")
     reg.register(OptimizerEntry("sgd", torch.optim.SGD, "plain SGD", "-", aliases=("s",), primary="lr"))
     entry, kwargs = reg.parse("s:0.5,momentum=0.9,nesterov=true")

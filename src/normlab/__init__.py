@@ -6,7 +6,7 @@
 - :func:`create_norm`, :func:`get_norm`, :func:`list_norms`: the registry.
 """
 
-from . import functional, nn
+from . import functional, nn, optim
 from .registry import (
     NORMS,
     OPTIMIZERS,
@@ -42,6 +42,7 @@ __all__ = [
     "get_norm",
     "list_norms",
     "nn",
+    "optim",
     "parse_spec",
     "register_norm",
 ]

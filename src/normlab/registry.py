@@ -56,6 +56,7 @@ from .functional import (
 from .functional.checks import InvalidArgumentError
 from .functional.mixture import switchable_norm_generic
 from .functional.whitening import newton_schulz_whitening
+from .optim import LARS
 
 StatisticsKind = Literal["batch", "sample", "none"]
 _KINDS = ("batch", "sample", "none")
@@ -675,6 +676,18 @@ register_weight_norm(
         aliases=("ws",),
         primary="eps",
         applies_to=nlnn.weight.SUPPORTED_MODULES,
+    )
+)
+
+
+# --- gradient-side normalization (OPTIMIZERS)
+register_optimizer(
+    OptimizerEntry(
+        name="lars",
+        cls=LARS,
+        summary="LARS: each layer's step scaled by its trust ratio eta ||w|| / (||g|| + wd ||w||), momentum over it",
+        paper="You, Gitman & Ginsburg 2017, Large Batch Training of Convolutional Networks, arXiv:1708.03888",
+        primary="lr",
     )
 )
 

@@ -1,0 +1,21 @@
+"""Gradient-side normalization: LARS, and gradient centralization around any torch optimizer.
+
+:class:`LARS` normalizes each layer's step by its trust ratio;
+:class:`GradientCentralization` projects each filter's gradient onto zero
+mean before any optimizer's step; :func:`exclude_from_adaptation` builds the
+param groups that keep biases and norm parameters out. The functional core
+(:mod:`normlab.optim.functional`) holds the math, with single-tensor and
+``foreach`` implementations. LAMB, LANS and per-layer gradient normalization
+are not built yet.
+
+>>> import torch, normlab
+>>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+>>> opt = normlab.optim.LARS(normlab.optim.exclude_from_adaptation(model), lr=1.0, weight_decay=5e-4)
+>>> model(torch.randn(16, 8)).square().mean().backward()
+>>> opt.step()
+"""
+
+from . import functional
+from .optimizers import LARS, GradientCentralization, exclude_from_adaptation
+
+__all__ = ["LARS", "GradientCentralization", "exclude_from_adaptation", "functional"]

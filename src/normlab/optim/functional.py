@@ -1,0 +1,216 @@
+"""Functional core of the gradient-side family: gradient centralization and the LARS step.
+
+Each update exists twice, as torch.optim's do: a single-tensor loop and a
+``foreach`` implementation over the whole list (fewer kernel launches); a
+test checks they agree. Neither calls ``.item()``: the trust ratio of a
+layer stays a tensor, so a step can run under ``torch.compile`` without a
+graph break per parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..functional.operations import center
+
+__all__ = ["centralize", "centralize_", "lars", "trust_ratio"]
+
+
+def _centralizable(g: Tensor, conv_only: bool) -> bool:
+    return g.dim() > (3 if conv_only else 1)
+
+
+def centralize(g: Tensor, conv_only: bool = False) -> Tensor:
+    """Gradient centralization of one gradient: each filter (row of dim 0) minus its mean over the other dims.
+
+    Yong et al. 2020: for a weight of ``ndim > 1`` (``conv_only``: ``ndim > 3``,
+    convolutions only) the gradient of output unit ``i`` becomes
+    ``g[i] - mean(g[i])``, the projection onto the hyperplane of zero-sum
+    filters; vectors (biases, norm parameters) are returned unchanged. The mean
+    is the framework's centering (:func:`normlab.functional.operations.center`)
+    over the filter's fan-in, so it accumulates in float32 for half precision.
+
+    >>> import torch
+    >>> g = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
+    >>> centralize(g)
+    tensor([[-1., 0., 1.],
+            [-2., -2., 4.]])
+    >>> centralize(torch.tensor([1.0, 2.0]))  # a bias: untouched
+    tensor([1., 2.])
+    """
+    if not _centralizable(g, conv_only):
+        return g
+    return center(g.reshape(g.shape[0], -1)).output.to(g.dtype).reshape(g.shape)
+
+
+@torch.no_grad()
+def centralize_(grads: list[Tensor], conv_only: bool = False, foreach: bool | None = None) -> None:
+    """:func:`centralize` every gradient of ``grads`` in place (the ``foreach`` road: one mean per filter)."""
+    todo = [g for g in grads if g is not None and _centralizable(g, conv_only)]
+    if not todo:
+        return
+    if not foreach:
+        for g in todo:
+            g.copy_(centralize(g, conv_only))
+        return
+    rows = [g.view(g.shape[0], -1) if g.is_contiguous() else g.reshape(g.shape[0], -1) for g in todo]
+    means = [
+        r.mean(dim=1, keepdim=True, dtype=torch.float32 if r.dtype in (torch.float16, torch.bfloat16) else None)
+        for r in rows
+    ]
+    for g, r, m in zip(todo, rows, means, strict=True):
+        # reshape() copies a non-contiguous gradient: write the centred rows back into the original
+        if r.data_ptr() == g.data_ptr():
+            r.sub_(m.to(r.dtype))
+        else:
+            g.copy_((r - m.to(r.dtype)).reshape(g.shape))
+
+
+def trust_ratio(
+    w_norm: Tensor,
+    g_norm: Tensor,
+    trust_coefficient: float,
+    weight_decay: float,
+    eps: float,
+    trust_clip: float | None,
+) -> Tensor:
+    """LARS's local rate ``eta ||w|| / (||g|| + wd ||w|| + eps)``, 1 where either norm is 0, clamped to ``trust_clip``.
+
+    You, Gitman & Ginsburg 2017, eq. (6); the guard (a freshly zeroed layer or
+    a zero gradient gets the global rate, not 0 or inf) and the clamp to
+    ``[0, trust_clip]`` are those of the authors' code.
+
+    >>> import torch
+    >>> trust_ratio(torch.tensor(2.0), torch.tensor(4.0), 0.001, 0.0, 0.0, None)
+    tensor(0.0005)
+    >>> trust_ratio(torch.tensor(0.0), torch.tensor(4.0), 0.001, 0.0, 0.0, None)  # zero weight: the guard
+    tensor(1.)
+    """
+    ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    ratio = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
+    if trust_clip is not None:
+        ratio = ratio.clamp(0.0, trust_clip)
+    return ratio
+
+
+def _local_rate(ratio: Tensor, lr: float, larc: bool) -> Tensor:
+    # LARC (NVIDIA apex) clips the layer's rate at the global one: min(trust ratio, lr) instead of lr * trust
+    return torch.clamp(ratio, max=lr) if larc else ratio * lr
+
+
+@torch.no_grad()
+def lars(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    trust_coefficient: float,
+    eps: float,
+    trust_clip: float | None,
+    larc: bool,
+    nesterov: bool,
+    maximize: bool,
+    trust_adaptation: bool,
+    foreach: bool | None = None,
+) -> None:
+    """One LARS step over a parameter group, in place (``momentum_buffers`` entries are filled on the first step).
+
+    Per tensor: ``d = g + wd w``; ``rate = lr * trust_ratio`` (``larc``:
+    ``min(trust_ratio, lr)``; ``trust_adaptation=False``: ``lr``, for the
+    biases and norm parameters the paper leaves out); ``v <- momentum v + rate
+    d``; ``w <- w - v`` (Nesterov: ``w <- w - (rate d + momentum v)``). The
+    learning rate is inside the momentum, as in the paper's Algorithm 1.
+    """
+    if not params:
+        return
+    if maximize:
+        grads = [torch.neg(g) for g in grads]
+    impl = _multi_tensor_lars if foreach else _single_tensor_lars
+    impl(
+        params,
+        grads,
+        momentum_buffers,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        trust_clip=trust_clip,
+        larc=larc,
+        nesterov=nesterov,
+        trust_adaptation=trust_adaptation,
+    )
+
+
+def _single_tensor_lars(
+    params,
+    grads,
+    bufs,
+    *,
+    lr,
+    momentum,
+    weight_decay,
+    trust_coefficient,
+    eps,
+    trust_clip,
+    larc,
+    nesterov,
+    trust_adaptation,
+) -> None:
+    for i, (w, g) in enumerate(zip(params, grads, strict=True)):
+        d = g.add(w, alpha=weight_decay) if weight_decay != 0 else g
+        if trust_adaptation:
+            ratio = trust_ratio(w.norm(), g.norm(), trust_coefficient, weight_decay, eps, trust_clip)
+            step = d * _local_rate(ratio, lr, larc).to(d.dtype)
+        else:
+            step = d * lr
+        if momentum != 0:
+            if bufs[i] is None:
+                bufs[i] = step.clone()
+            else:
+                bufs[i].mul_(momentum).add_(step)
+            step = step.add(bufs[i], alpha=momentum) if nesterov else bufs[i]
+        w.sub_(step)
+
+
+def _multi_tensor_lars(
+    params,
+    grads,
+    bufs,
+    *,
+    lr,
+    momentum,
+    weight_decay,
+    trust_coefficient,
+    eps,
+    trust_clip,
+    larc,
+    nesterov,
+    trust_adaptation,
+) -> None:
+    d = torch._foreach_add(grads, params, alpha=weight_decay) if weight_decay != 0 else list(grads)
+    if trust_adaptation:
+        w_norms = torch._foreach_norm(params)
+        g_norms = torch._foreach_norm(grads)
+        rates = [
+            _local_rate(trust_ratio(wn, gn, trust_coefficient, weight_decay, eps, trust_clip), lr, larc).to(x.dtype)
+            for wn, gn, x in zip(w_norms, g_norms, d, strict=True)
+        ]
+        steps = torch._foreach_mul(d, rates)
+    else:
+        steps = torch._foreach_mul(d, lr)
+    if momentum != 0:
+        fresh = [i for i, b in enumerate(bufs) if b is None]
+        for i in fresh:
+            bufs[i] = steps[i].clone()
+        old = [i for i in range(len(bufs)) if i not in set(fresh)]
+        if old:
+            olds = [bufs[i] for i in old]
+            torch._foreach_mul_(olds, momentum)
+            torch._foreach_add_(olds, [steps[i] for i in old])
+        steps = torch._foreach_add(steps, bufs, alpha=momentum) if nesterov else list(bufs)
+    torch._foreach_sub_(params, steps)

@@ -1,0 +1,267 @@
+"""Gradient-side normalization as torch optimizers: LARS, and gradient centralization around any optimizer.
+
+Thin classes over :mod:`normlab.optim.functional`: they validate their
+hyperparameters, keep torch.optim's layout (``defaults``, param groups,
+``state_dict``), and hand each group to the functional step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.checks import InvalidArgumentError
+from . import functional as F
+
+__all__ = ["LARS", "GradientCentralization", "exclude_from_adaptation"]
+
+
+def _number(
+    value: object, name: str, owner: str, *, low: float = 0.0, high: float | None = None, open_low: bool = False
+) -> float:
+    """``value`` as a finite float in range, or an :class:`InvalidArgumentError` naming what came and what fits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    bad = not math.isfinite(v) or v < low or (open_low and v == low) or (high is not None and v > high)
+    if bad:
+        lo = f"> {low:g}" if open_low else f">= {low:g}"
+        span = lo if high is None else f"{lo} and <= {high:g}"
+        raise InvalidArgumentError(f"{owner}: {name} must be finite and {span}, got {value!r}")
+    return v
+
+
+def _evaluate(closure: Callable[[], float] | None):
+    """torch.optim's closure protocol: re-evaluate the loss with grad enabled (None without a closure)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _default_foreach(params: list[Tensor]) -> bool:
+    # torch.optim's rule of thumb: foreach where every tensor is on a GPU-like device (no sparse, no CPU)
+    return bool(params) and all(p.device.type not in ("cpu", "meta") and not p.is_sparse for p in params)
+
+
+class LARS(torch.optim.Optimizer):
+    r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg 2017, arXiv:1708.03888).
+
+    Each tensor's step is scaled by its trust ratio
+    ``trust_coefficient * ||w|| / (||g|| + weight_decay * ||w|| + eps)``
+    (1 where either norm is 0; clamped to ``[0, trust_clip]`` when set, the
+    authors' code uses 50), with momentum over the scaled step, the learning
+    rate inside it (the paper's Algorithm 1):
+
+    ``v <- momentum * v + lr * trust * (g + weight_decay * w)``, ``w <- w - v``.
+
+    ``larc=True`` is LARC (NVIDIA apex): the layer's rate is
+    ``min(trust, lr)`` instead of ``lr * trust``, so no layer moves faster than
+    the global rate. A param group with ``trust_adaptation=False`` gets plain
+    momentum SGD at ``lr`` (the paper leaves biases and BN parameters out of
+    the adaptation and the weight decay: :func:`exclude_from_adaptation` builds
+    such groups).
+
+    Args:
+        params: parameters or param groups.
+        lr: global rate (``> 0``).
+        momentum: in ``[0, 1)``; 0.9 in the paper.
+        weight_decay: ``>= 0``, added to the gradient before the trust ratio.
+        trust_coefficient: ``eta`` of the paper, 0.001.
+        eps: ``>= 0``, added to the trust ratio's denominator.
+        trust_clip: upper bound of the trust ratio, or None.
+        larc: LARC's clipping (see above).
+        nesterov: Nesterov momentum (needs ``momentum > 0``).
+        maximize: ascend instead of descend.
+        foreach: the multi-tensor road (None: on when every parameter is on an accelerator).
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))          # ||w|| = 5
+    >>> opt = LARS([w], lr=0.1, momentum=0.0, trust_coefficient=0.01)
+    >>> w.grad = torch.tensor([0.0, 2.0])                          # ||g|| = 2
+    >>> opt.step()
+    >>> w.detach()                                                 # step = lr * (0.01 * 5 / 2) * g = 0.005
+    tensor([3.0000, 3.9950])
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 0.0,
+        trust_clip: float | None = None,
+        larc: bool = False,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        owner = "LARS"
+        lr = _number(lr, "lr", owner, open_low=True)
+        momentum = _number(momentum, "momentum", owner, high=1.0)
+        if momentum == 1.0:
+            raise InvalidArgumentError(f"{owner}: momentum must be < 1 (1 never forgets a step), got 1.0")
+        weight_decay = _number(weight_decay, "weight_decay", owner)
+        trust_coefficient = _number(trust_coefficient, "trust_coefficient", owner, open_low=True)
+        eps = _number(eps, "eps", owner)
+        if trust_clip is not None:
+            trust_clip = _number(trust_clip, "trust_clip", owner, open_low=True)
+        for name, flag in (("larc", larc), ("nesterov", nesterov), ("maximize", maximize)):
+            if not isinstance(flag, bool):
+                raise InvalidArgumentError(f"{owner}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
+        if nesterov and momentum == 0:
+            raise InvalidArgumentError(f"{owner}: nesterov=True needs momentum > 0, got momentum={momentum:g}")
+        if foreach is not None and not isinstance(foreach, bool):
+            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            trust_coefficient=trust_coefficient,
+            eps=eps,
+            trust_clip=trust_clip,
+            larc=larc,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+            trust_adaptation=True,
+        )
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            params, grads, bufs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LARS does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+                bufs.append(self.state[p].get("momentum_buffer"))
+            foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
+            F.lars(
+                params,
+                grads,
+                bufs,
+                lr=group["lr"],
+                momentum=group["momentum"],
+                weight_decay=group["weight_decay"],
+                trust_coefficient=group["trust_coefficient"],
+                eps=group["eps"],
+                trust_clip=group["trust_clip"],
+                larc=group["larc"],
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+                trust_adaptation=group["trust_adaptation"],
+                foreach=foreach,
+            )
+            if group["momentum"] != 0:
+                for p, buf in zip(params, bufs, strict=True):
+                    self.state[p]["momentum_buffer"] = buf
+        return loss
+
+
+class GradientCentralization:
+    """Gradient centralization (Yong et al. 2020, arXiv:2004.01461) around any torch optimizer.
+
+    ``step()`` replaces the gradient of every weight with ``ndim > 1``
+    (``conv_only``: ``ndim > 3``) by its centralized version
+    (:func:`normlab.optim.functional.centralize`: each filter minus its mean)
+    and then calls the wrapped optimizer's ``step``. Biases and norm
+    parameters (vectors) are untouched. Weight decay inside the wrapped
+    optimizer is added after the centralization, so its term is not
+    centralized (the paper's SGD centralizes after the decay: with decoupled
+    decay, as in AdamW, the two orders are the same). Everything else
+    (``zero_grad``, ``param_groups``, ``state_dict``, schedulers through
+    :attr:`optimizer`) is the wrapped optimizer's.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> opt = GradientCentralization(torch.optim.SGD(lin.parameters(), lr=0.1))
+    >>> before = lin.weight.detach().sum(dim=1).clone()
+    >>> lin(torch.randn(4, 3)).square().sum().backward()
+    >>> opt.step()
+    >>> torch.allclose(lin.weight.detach().sum(dim=1), before, atol=1e-6)  # filter sums do not move under SGD
+    True
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, conv_only: bool = False, foreach: bool | None = None):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidArgumentError(
+                f"GradientCentralization wraps a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                "build the optimizer first: GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1))"
+            )
+        if not isinstance(conv_only, bool):
+            raise InvalidArgumentError(f"GradientCentralization: conv_only must be a bool, got {conv_only!r}")
+        self.optimizer = optimizer
+        self.conv_only = conv_only
+        self.foreach = foreach
+
+    def __getattr__(self, name: str):
+        # everything but step() is the wrapped optimizer's (param_groups, state, zero_grad, state_dict, ...)
+        return getattr(self.__dict__["optimizer"], name)
+
+    def __repr__(self) -> str:
+        return f"GradientCentralization(conv_only={self.conv_only}, optimizer={self.optimizer!r})"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = _evaluate(closure)
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        foreach = self.foreach if self.foreach is not None else _default_foreach(grads)
+        F.centralize_(grads, self.conv_only, foreach=foreach)
+        self.optimizer.step()
+        return loss
+
+
+def exclude_from_adaptation(model: nn.Module, **group_overrides) -> list[dict]:
+    """Two param groups: weights (adapted, decayed) and biases / norm parameters (``trust_adaptation=False``, no decay).
+
+    A parameter is excluded when it is a bias, a vector, or belongs to a
+    module the norm registry knows (``normlab.NORMS``, or any torch
+    ``_NormBase``/``LayerNorm``/``GroupNorm``), which is what the LARS and LAMB
+    papers leave out. ``group_overrides`` go into the excluded group.
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    >>> groups = exclude_from_adaptation(model)
+    >>> [len(g["params"]) for g in groups], groups[1]["trust_adaptation"], groups[1]["weight_decay"]
+    ([1, 3], False, 0.0)
+    """
+    norm_types = _norm_module_types()
+    adapted, excluded, seen = [], [], set()
+    for module in model.modules():
+        is_norm = isinstance(module, norm_types)
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            (excluded if is_norm or name == "bias" or p.dim() <= 1 else adapted).append(p)
+    groups = [{"params": adapted}]
+    if excluded:
+        groups.append({"params": excluded, "trust_adaptation": False, "weight_decay": 0.0, **group_overrides})
+    return groups
+
+
+def _norm_module_types() -> tuple[type, ...]:
+    from ..registry import NORMS
+
+    torch_norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+    registered = tuple(e.cls for e in NORMS.entries() if isinstance(getattr(e, "cls", None), type))
+    return torch_norms + registered
