@@ -56,7 +56,7 @@ from .functional import (
 from .functional.checks import InvalidArgumentError
 from .functional.mixture import switchable_norm_generic
 from .functional.whitening import newton_schulz_whitening
-from .optim import LARS
+from .optim import LAMB, LARS
 
 StatisticsKind = Literal["batch", "sample", "none"]
 _KINDS = ("batch", "sample", "none")
@@ -687,6 +687,16 @@ register_optimizer(
         cls=LARS,
         summary="LARS: each layer's step scaled by its trust ratio eta ||w|| / (||g|| + wd ||w||), momentum over it",
         paper="You, Gitman & Ginsburg 2017, Large Batch Training of Convolutional Networks, arXiv:1708.03888",
+        primary="lr",
+    )
+)
+register_optimizer(
+    OptimizerEntry(
+        name="lamb",
+        cls=LAMB,
+        summary="LAMB: Adam's step u rescaled per layer to lr * phi(||x||) / ||u||, decoupled weight decay in u",
+        paper="You, Li, Reddi, Hseu, Kumar, Bhojanapalli, Song, Demmel, Keutzer & Hsieh 2019, Large Batch "
+        "Optimization for Deep Learning: Training BERT in 76 minutes, arXiv:1904.00962",
         primary="lr",
     )
 )

@@ -1,12 +1,13 @@
-"""Gradient-side normalization: LARS, and gradient centralization around any torch optimizer.
+"""Gradient-side normalization: LARS, LAMB, and gradient centralization around any torch optimizer.
 
-:class:`LARS` normalizes each layer's step by its trust ratio;
+:class:`LARS` normalizes each layer's step by its trust ratio, :class:`LAMB`
+Adam's step by the layer's norm;
 :class:`GradientCentralization` projects each filter's gradient onto zero
 mean before any optimizer's step; :func:`exclude_from_adaptation` builds the
 param groups that keep biases and norm parameters out. The functional core
 (:mod:`normlab.optim.functional`) holds the math, with single-tensor and
-``foreach`` implementations. LAMB, LANS and per-layer gradient normalization
-are not built yet.
+``foreach`` implementations. LANS and per-layer gradient normalization are
+not built yet.
 
 >>> import torch, normlab
 >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -16,6 +17,6 @@ are not built yet.
 """
 
 from . import functional
-from .optimizers import LARS, GradientCentralization, exclude_from_adaptation
+from .optimizers import LAMB, LARS, GradientCentralization, exclude_from_adaptation
 
-__all__ = ["LARS", "GradientCentralization", "exclude_from_adaptation", "functional"]
+__all__ = ["LAMB", "LARS", "GradientCentralization", "exclude_from_adaptation", "functional"]

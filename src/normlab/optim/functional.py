@@ -1,4 +1,4 @@
-"""Functional core of the gradient-side family: gradient centralization and the LARS step.
+"""Functional core of the gradient-side family: gradient centralization and the LARS and LAMB steps.
 
 Each update exists twice, as torch.optim's do: a single-tensor loop and a
 ``foreach`` implementation over the whole list (fewer kernel launches); a
@@ -9,12 +9,14 @@ graph break per parameter.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from ..functional.operations import center
 
-__all__ = ["centralize", "centralize_", "lars", "trust_ratio"]
+__all__ = ["centralize", "centralize_", "lamb", "lars", "trust_ratio"]
 
 
 def _centralizable(g: Tensor, conv_only: bool) -> bool:
@@ -214,3 +216,141 @@ def _multi_tensor_lars(
             torch._foreach_add_(olds, [steps[i] for i in old])
         steps = torch._foreach_add(steps, bufs, alpha=momentum) if nesterov else list(bufs)
     torch._foreach_sub_(params, steps)
+
+
+def _one_minus_pow(beta: float, t: Tensor) -> Tensor:
+    # 1 - beta**t as -expm1(t log beta): no cancellation when beta**t is near 1 (1 - 0.999 loses 4 digits in float32)
+    if beta == 0:
+        return torch.ones_like(t)
+    return -torch.expm1(t * math.log(beta))
+
+
+def _lamb_ratio(w_norm: Tensor, u_norm: Tensor, phi_clip: float | None) -> Tensor:
+    # phi(||x||) / ||u||, 1 where either norm is 0 (a zeroed layer, or no update)
+    phi = w_norm.clamp(max=phi_clip) if phi_clip is not None else w_norm
+    ratio = phi / u_norm
+    return torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+
+
+@torch.no_grad()
+def lamb(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction: bool,
+    phi_clip: float | None,
+    adapt: bool,
+    maximize: bool,
+    foreach: bool | None = None,
+) -> None:
+    """One LAMB step over a parameter group, in place (You et al. 2019, arXiv:1904.00962, Algorithm 2).
+
+    Per tensor: Adam's moments ``m``, ``v`` (bias-corrected unless
+    ``bias_correction=False``), ``r = m / (sqrt(v) + eps)``, ``u = r + wd x``,
+    ``x <- x - lr * phi(||x||) / ||u|| * u`` with ``phi(z) = min(z, phi_clip)``
+    (identity when None) and the ratio 1 where a norm is 0; ``adapt=False``
+    uses ratio 1 (AdamW's step). ``state_steps`` are float tensors, counted
+    here, so the bias correction needs no ``.item()``.
+    """
+    if not params:
+        return
+    if maximize:
+        grads = [torch.neg(g) for g in grads]
+    impl = _multi_tensor_lamb if foreach else _single_tensor_lamb
+    impl(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        bias_correction=bias_correction,
+        phi_clip=phi_clip,
+        adapt=adapt,
+    )
+
+
+def _single_tensor_lamb(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    bias_correction,
+    phi_clip,
+    adapt,
+) -> None:
+    for x, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        t.add_(1)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        if bias_correction:
+            r = (m / _one_minus_pow(beta1, t)) / ((v / _one_minus_pow(beta2, t)).sqrt() + eps)
+        else:
+            r = m / (v.sqrt() + eps)
+        u = r.add(x, alpha=weight_decay) if weight_decay != 0 else r
+        if adapt:
+            u = u * (lr * _lamb_ratio(x.norm(), u.norm(), phi_clip)).to(u.dtype)
+        else:
+            u = u * lr
+        x.sub_(u)
+
+
+def _multi_tensor_lamb(
+    params,
+    grads,
+    exp_avgs,
+    exp_avg_sqs,
+    steps,
+    *,
+    lr,
+    beta1,
+    beta2,
+    eps,
+    weight_decay,
+    bias_correction,
+    phi_clip,
+    adapt,
+) -> None:
+    torch._foreach_add_(steps, 1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    if bias_correction:
+        c1 = [_one_minus_pow(beta1, t) for t in steps]
+        c2 = [_one_minus_pow(beta2, t) for t in steps]
+        num = torch._foreach_div(exp_avgs, c1)
+        den = torch._foreach_sqrt(torch._foreach_div(exp_avg_sqs, c2))
+    else:
+        num, den = exp_avgs, torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_add_(den, eps)
+    u = torch._foreach_div(num, den)
+    if weight_decay != 0:
+        torch._foreach_add_(u, params, alpha=weight_decay)
+    if adapt:
+        w_norms, u_norms = torch._foreach_norm(params), torch._foreach_norm(u)
+        rates = [
+            (lr * _lamb_ratio(wn, un, phi_clip)).to(x.dtype) for wn, un, x in zip(w_norms, u_norms, u, strict=True)
+        ]
+        torch._foreach_mul_(u, rates)
+    else:
+        torch._foreach_mul_(u, lr)
+    torch._foreach_sub_(params, u)

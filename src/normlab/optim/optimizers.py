@@ -1,4 +1,4 @@
-"""Gradient-side normalization as torch optimizers: LARS, and gradient centralization around any optimizer.
+"""Gradient-side normalization as torch optimizers: LARS, LAMB, and gradient centralization around any optimizer.
 
 Thin classes over :mod:`normlab.optim.functional`: they validate their
 hyperparameters, keep torch.optim's layout (``defaults``, param groups,
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..functional.checks import InvalidArgumentError
 from . import functional as F
 
-__all__ = ["LARS", "GradientCentralization", "exclude_from_adaptation"]
+__all__ = ["LAMB", "LARS", "GradientCentralization", "exclude_from_adaptation"]
 
 
 def _number(
@@ -112,9 +112,7 @@ class LARS(torch.optim.Optimizer):
         eps = _number(eps, "eps", owner)
         if trust_clip is not None:
             trust_clip = _number(trust_clip, "trust_clip", owner, open_low=True)
-        for name, flag in (("larc", larc), ("nesterov", nesterov), ("maximize", maximize)):
-            if not isinstance(flag, bool):
-                raise InvalidArgumentError(f"{owner}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
+        _check_flags(owner, larc=larc, nesterov=nesterov, maximize=maximize)
         if nesterov and momentum == 0:
             raise InvalidArgumentError(f"{owner}: nesterov=True needs momentum > 0, got momentum={momentum:g}")
         if foreach is not None and not isinstance(foreach, bool):
@@ -174,6 +172,144 @@ class LARS(torch.optim.Optimizer):
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs, strict=True):
                     self.state[p]["momentum_buffer"] = buf
+        return loss
+
+
+def _check_flags(owner: str, **flags) -> None:
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise InvalidArgumentError(f"{owner}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
+
+
+class LAMB(torch.optim.Optimizer):
+    r"""LAMB: Adam's step normalized per layer (You et al. 2019, arXiv:1904.00962, Algorithm 2).
+
+    Per tensor: Adam's moments (bias-corrected), ``r = m / (sqrt(v) + eps)``,
+    ``u = r + weight_decay * x``, and
+    ``x <- x - lr * phi(||x||) / ||u|| * u``: every layer moves by ``lr``
+    times its own norm (1 where a norm is 0). ``phi(z) = min(z, phi_clip)``
+    (the paper's bounded phi; None: the identity).
+
+    The reference codes differ from the paper in three ways, each an option:
+    ``bias_correction=False`` (the TensorFlow code skips it),
+    ``always_adapt=False`` (adapt only tensors whose group has weight decay;
+    the others take AdamW's step), and ``eps`` (the paper's 1e-6 by default;
+    some codes use 1e-8). A group with ``trust_adaptation=False``
+    (:func:`exclude_from_adaptation`) takes AdamW's step: with the ratio 1
+    LAMB *is* AdamW, step for step.
+
+    Args:
+        params: parameters or param groups.
+        lr: ``> 0``.
+        betas: ``(beta1, beta2)``, each in ``[0, 1)``.
+        eps: ``>= 0``, added to ``sqrt(v)``.
+        weight_decay: ``>= 0``, decoupled (inside ``u``, as the paper).
+        bias_correction, always_adapt: see above.
+        phi_clip: upper bound of ``phi(||x||)``, or None.
+        maximize: ascend instead of descend.
+        foreach: the multi-tensor road (None: on when every parameter is on an accelerator).
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))           # ||w|| = 5
+    >>> opt = LAMB([w], lr=0.01, weight_decay=0.0)
+    >>> w.grad = torch.tensor([1.0, 0.0])
+    >>> opt.step()
+    >>> round(float((w.detach() - torch.tensor([3.0, 4.0])).norm()), 6)  # ||dx|| = lr * ||x||
+    0.05
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        bias_correction: bool = True,
+        always_adapt: bool = True,
+        phi_clip: float | None = None,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        owner = "LAMB"
+        lr = _number(lr, "lr", owner, open_low=True)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise InvalidArgumentError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+        b1 = _number(betas[0], "betas[0]", owner, high=1.0)
+        b2 = _number(betas[1], "betas[1]", owner, high=1.0)
+        if b1 == 1.0 or b2 == 1.0:
+            raise InvalidArgumentError(f"{owner}: betas must each be < 1, got {betas!r}")
+        eps = _number(eps, "eps", owner)
+        weight_decay = _number(weight_decay, "weight_decay", owner)
+        if phi_clip is not None:
+            phi_clip = _number(phi_clip, "phi_clip", owner, open_low=True)
+        _check_flags(owner, bias_correction=bias_correction, always_adapt=always_adapt, maximize=maximize)
+        if foreach is not None and not isinstance(foreach, bool):
+            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+        defaults = dict(
+            lr=lr,
+            betas=(b1, b2),
+            eps=eps,
+            weight_decay=weight_decay,
+            bias_correction=bias_correction,
+            always_adapt=always_adapt,
+            phi_clip=phi_clip,
+            maximize=maximize,
+            foreach=foreach,
+            trust_adaptation=True,
+        )
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
+        loss = _evaluate(closure)
+        for group in self.param_groups:
+            params, grads, ms, vs, steps = [], [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("LAMB does not support sparse gradients")
+                params.append(p)
+                grads.append(p.grad)
+            for p in params:  # state only once every gradient is known to be dense: a refused step changes nothing
+                state = self.state[p]
+                if not state:
+                    # the step count in float64 for float64 parameters, so the bias correction keeps their precision
+                    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+                    state["step"] = torch.zeros((), dtype=dtype, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ms.append(state["exp_avg"])
+                vs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
+            b1, b2 = group["betas"]
+            F.lamb(
+                params,
+                grads,
+                ms,
+                vs,
+                steps,
+                lr=group["lr"],
+                beta1=b1,
+                beta2=b2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                bias_correction=group["bias_correction"],
+                phi_clip=group["phi_clip"],
+                adapt=group["trust_adaptation"] and (group["always_adapt"] or group["weight_decay"] != 0),
+                maximize=group["maximize"],
+                foreach=foreach,
+            )
         return loss
 
 
