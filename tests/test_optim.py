@@ -288,16 +288,6 @@ def test_bad_hyperparameters_raise(kwargs, match):
         LARS([nn.Parameter(torch.ones(2))], **kwargs)
 
 
-def test_sparse_gradient_is_refused_before_any_change():
-    emb = nn.Embedding(5, 3, sparse=True)
-    before = emb.weight.detach().clone()
-    opt = LARS(emb.parameters(), lr=0.1)
-    emb(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(RuntimeError, match="LARS does not support sparse gradients"):
-        opt.step()
-    assert torch.equal(emb.weight.detach(), before) and not opt.state
-
-
 # ------------------------------------------------------------------ LAMB's invariants
 
 
@@ -394,16 +384,6 @@ def test_lamb_matches_the_papers_algorithm(foreach, variant):
 def test_lamb_bad_hyperparameters_raise(kwargs, match):
     with pytest.raises(InvalidArgumentError, match=match):
         LAMB([nn.Parameter(torch.ones(2))], **kwargs)
-
-
-def test_lamb_refuses_sparse_gradients_before_any_change():
-    emb = nn.Embedding(5, 3, sparse=True)
-    before = emb.weight.detach().clone()
-    opt = LAMB(emb.parameters())
-    emb(torch.tensor([1, 2])).sum().backward()
-    with pytest.raises(RuntimeError, match="LAMB does not support sparse gradients"):
-        opt.step()
-    assert torch.equal(emb.weight.detach(), before) and not opt.state
 
 
 # ------------------------------------------------------------------ gradient centralization
@@ -503,3 +483,16 @@ def test_step_with_closure_returns_the_loss(wrap):
     loss = opt.step(closure)
     assert isinstance(loss, torch.Tensor) and loss.ndim == 0
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("cls", [LARS, LAMB])
+def test_sparse_gradient_is_refused_before_any_change(cls):
+    # a dense group first, then a sparse one: the refusal comes before the dense group moves
+    lin, emb = nn.Linear(3, 2), nn.Embedding(5, 3, sparse=True)
+    before = [p.detach().clone() for p in (*lin.parameters(), emb.weight)]
+    opt = cls([{"params": lin.parameters()}, {"params": emb.parameters()}], lr=0.1)
+    lin(emb(torch.tensor([1, 2]))).sum().backward()
+    with pytest.raises(RuntimeError, match=f"{cls.__name__} does not support sparse gradients"):
+        opt.step()
+    after = [p.detach() for p in (*lin.parameters(), emb.weight)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)) and not opt.state

@@ -47,7 +47,31 @@ def _default_foreach(params: list[Tensor]) -> bool:
     return bool(params) and all(p.device.type not in ("cpu", "meta") and not p.is_sparse for p in params)
 
 
-class LARS(torch.optim.Optimizer):
+class _Layerwise(torch.optim.Optimizer):
+    """Shared plumbing: groups saved before a new option existed get its default; dense gradients, checked first."""
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def _with_grads(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
+        """(group, params, grads) for every group, parameters without a gradient left out.
+
+        Every gradient is checked before any is used, so a refused step (a
+        sparse gradient) changes no parameter and no state.
+        """
+        out = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            out.append((group, params, [p.grad for p in params]))
+        return out
+
+
+class LARS(_Layerwise):
     r"""Layer-wise Adaptive Rate Scaling (You, Gitman & Ginsburg 2017, arXiv:1708.03888).
 
     Each tensor's step is scaled by its trust ratio
@@ -132,26 +156,12 @@ class LARS(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
-        for group in self.param_groups:
-            params, grads, bufs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LARS does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(self.state[p].get("momentum_buffer"))
+        for group, params, grads in self._with_grads():
+            bufs = [self.state[p].get("momentum_buffer") for p in params]
             foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
             F.lars(
                 params,
@@ -181,7 +191,7 @@ def _check_flags(owner: str, **flags) -> None:
             raise InvalidArgumentError(f"{owner}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
 
 
-class LAMB(torch.optim.Optimizer):
+class LAMB(_Layerwise):
     r"""LAMB: Adam's step normalized per layer (You et al. 2019, arXiv:1904.00962, Algorithm 2).
 
     Per tensor: Adam's moments (bias-corrected), ``r = m / (sqrt(v) + eps)``,
@@ -261,26 +271,13 @@ class LAMB(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
-        for group in self.param_groups:
-            params, grads, ms, vs, steps = [], [], [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LAMB does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-            for p in params:  # state only once every gradient is known to be dense: a refused step changes nothing
+        for group, params, grads in self._with_grads():
+            ms, vs, steps = [], [], []
+            for p in params:
                 state = self.state[p]
                 if not state:
                     # the step count in float64 for float64 parameters, so the bias correction keeps their precision
