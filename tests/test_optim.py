@@ -1,4 +1,4 @@
-"""Gradient-side normalization (normlab.optim): LARS, LAMB and gradient centralization.
+"""Gradient-side normalization (normlab.optim): LARS, LAMB, LANS, gradient centralization and normalization.
 
 A table of optimizer configurations runs generic tests (foreach equals the
 single-tensor loop, a state_dict round trip resumes identically, maximize
@@ -7,7 +7,8 @@ documented invariants: LARS with momentum 0 and weight decay 0 moves each
 layer by ``lr * trust_coefficient`` of its norm; a group without adaptation
 is torch's momentum SGD; the steps agree with an independent float64
 implementation of the papers' algorithms; LAMB moves each layer by ``lr`` of
-its norm and, with the ratio forced to 1, is AdamW; GC's gradients sum to zero per
+its norm and, with the ratio forced to 1, is AdamW; LANS and normalized
+gradients under SGD do not depend on the loss's scale; GC's gradients sum to zero per
 filter, GC is a projection, and under SGD each filter's weight sum is
 constant.
 """
@@ -23,8 +24,8 @@ from torch import nn
 
 import normlab
 from normlab.functional.checks import InvalidArgumentError
-from normlab.optim import LAMB, LARS, GradientCentralization, exclude_from_adaptation
-from normlab.optim.functional import centralize, centralize_, trust_ratio
+from normlab.optim import LAMB, LANS, LARS, GradientCentralization, GradientNormalization, exclude_from_adaptation
+from normlab.optim.functional import centralize, centralize_, normalize_gradients_, trust_ratio
 
 f64 = torch.float64
 
@@ -38,6 +39,8 @@ CONFIGS = {
     "lamb": (LAMB, dict(lr=0.01)),
     "lamb-no-bias-correction-phi": (LAMB, dict(lr=0.01, bias_correction=False, phi_clip=0.5, eps=1e-8)),
     "lamb-adapt-where-decayed": (LAMB, dict(lr=0.01, weight_decay=0.0, always_adapt=False)),
+    "lans": (LANS, dict(lr=0.01)),
+    "lans-wd-betas": (LANS, dict(lr=0.02, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8)),
 }
 
 
@@ -119,7 +122,7 @@ def test_maximize_ascends_the_negated_loss(name, foreach):
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("name", ["lars-nesterov-wd", "lamb"])
+@pytest.mark.parametrize("name", ["lars-nesterov-wd", "lamb", "lans-wd-betas"])
 def test_compiled_step_equals_eager(name, foreach):
     torch._dynamo.reset()
     a, b = _model(), _model()
@@ -386,6 +389,95 @@ def test_lamb_bad_hyperparameters_raise(kwargs, match):
         LAMB([nn.Parameter(torch.ones(2))], **kwargs)
 
 
+# ------------------------------------------------------------------ LANS's invariants
+
+
+def _paper_lans(ws, grads_fn, steps, lr, b1, b2, eps, wd):
+    """SPECS.md's LANS (Zheng et al. 2020, Algorithm 2), written out in float64 for a list of tensors."""
+    ws = [w.clone() for w in ws]
+    ms = [torch.zeros_like(w) for w in ws]
+    vs = [torch.zeros_like(w) for w in ws]
+    for t in range(1, steps + 1):
+        gs = grads_fn(ws)
+        for i, (w, g) in enumerate(zip(ws, gs, strict=True)):
+            g = g / g.norm()
+            ms[i] = b1 * ms[i] + (1 - b1) * g
+            vs[i] = b2 * vs[i] + (1 - b2) * g * g
+            denom = (vs[i] / (1 - b2**t)).sqrt() + eps
+            r1 = w.norm()
+            c_m = ms[i] / (1 - b1**t) / denom + wd * w
+            w = w - lr * b1 * r1 / c_m.norm() * c_m
+            c_g = g / denom + wd * w
+            ws[i] = w - lr * (1 - b1) * r1 / c_g.norm() * c_g
+    return ws
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lans_matches_the_papers_algorithm(foreach):
+    gen = torch.Generator().manual_seed(5)
+    A = torch.randn(4, 6, generator=gen, dtype=f64)
+    w0 = [torch.randn(6, 3, generator=gen, dtype=f64), torch.randn(3, generator=gen, dtype=f64)]
+
+    def loss(ws):
+        return (A @ ws[0] + ws[1]).sin().square().sum() + 0.1 * ws[0].square().sum()
+
+    def grads(ws):
+        ws = [w.detach().requires_grad_() for w in ws]
+        return torch.autograd.grad(loss(ws), ws)
+
+    want = _paper_lans(w0, grads, 6, lr=0.05, b1=0.9, b2=0.99, eps=1e-6, wd=0.05)
+    params = [nn.Parameter(w.clone()) for w in w0]
+    opt = LANS(params, lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05, foreach=foreach)
+    for _ in range(6):
+        opt.zero_grad()
+        loss(params).backward()
+        opt.step()
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("make", ["lans", "gradnorm-sgd"])
+def test_steps_do_not_depend_on_the_losss_scale(make, foreach):
+    def build(model):
+        if make == "lans":
+            return LANS(model.parameters(), lr=0.01, weight_decay=0.01, foreach=foreach)
+        return GradientNormalization(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), foreach=foreach)
+
+    runs = []
+    for scale in (1.0, 1000.0):
+        model = _model(dtype=f64)
+        # the conv bias feeds BN, so its gradient is 0 up to rounding, and normalizing rounding noise gives a
+        # direction that changes with the scale: freeze it, as one would (or build the conv without a bias)
+        model[0].bias.requires_grad_(False)
+        opt = build(model)
+        x, y = _data(f64)
+        for _ in range(4):
+            opt.zero_grad()
+            (scale * nn.functional.cross_entropy(model(x), y)).backward()
+            opt.step()
+        runs.append(_params(model))
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lans_zero_gradient_stays_finite():
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+    opt = LANS([w], lr=0.1)
+    w.grad = torch.zeros(2)
+    opt.step()
+    assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_normalized_gradients_have_the_scale_as_norm(foreach):
+    grads = [g * 37.0 for g in _grads(f64)] + [torch.zeros(3, dtype=f64)]
+    normalize_gradients_(grads, scale=0.5, foreach=foreach)
+    for g in grads[:-1]:
+        assert float(g.norm()) == pytest.approx(0.5, rel=1e-12)
+    assert torch.equal(grads[-1], torch.zeros(3, dtype=f64))
+
+
 # ------------------------------------------------------------------ gradient centralization
 
 
@@ -450,16 +542,17 @@ def test_gc_under_sgd_keeps_each_filter_sum(foreach):
     assert (model[0].weight.detach().reshape(4, -1).sum(1) - sums[0]).abs().max() < 1e-12
 
 
-def test_gc_wrapper_delegates_and_checks():
+@pytest.mark.parametrize("wrapper", [GradientCentralization, GradientNormalization])
+def test_gradient_wrappers_delegate_and_check(wrapper):
     model = _model()
     inner = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    opt = GradientCentralization(inner)
+    opt = wrapper(inner)
     assert opt.param_groups is inner.param_groups and opt.state_dict().keys() == inner.state_dict().keys()
     _train(model, opt, steps=1)
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
-    with pytest.raises(InvalidArgumentError, match="wraps a torch.optim.Optimizer, got generator"):
-        GradientCentralization(model.parameters())
+    with pytest.raises(InvalidArgumentError, match=f"{wrapper.__name__} wraps a torch.optim.Optimizer, got generator"):
+        wrapper(model.parameters())
     # a learning-rate scheduler drives the wrapped optimizer
     sched = torch.optim.lr_scheduler.StepLR(opt.optimizer, step_size=1, gamma=0.5)
     sched.step()
@@ -485,7 +578,7 @@ def test_step_with_closure_returns_the_loss(wrap):
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("cls", [LARS, LAMB])
+@pytest.mark.parametrize("cls", [LARS, LAMB, LANS])
 def test_sparse_gradient_is_refused_before_any_change(cls):
     # a dense group first, then a sparse one: the refusal comes before the dense group moves
     lin, emb = nn.Linear(3, 2), nn.Embedding(5, 3, sparse=True)
@@ -496,3 +589,8 @@ def test_sparse_gradient_is_refused_before_any_change(cls):
         opt.step()
     after = [p.detach() for p in (*lin.parameters(), emb.weight)]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)) and not opt.state
+
+
+def test_gradient_normalization_rejects_a_bad_scale():
+    with pytest.raises(InvalidArgumentError, match="scale must be finite and > 0, got 0"):
+        GradientNormalization(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), scale=0)

@@ -56,7 +56,7 @@ from .functional import (
 from .functional.checks import InvalidArgumentError
 from .functional.mixture import switchable_norm_generic
 from .functional.whitening import newton_schulz_whitening
-from .optim import LAMB, LARS
+from .optim import LAMB, LANS, LARS
 
 StatisticsKind = Literal["batch", "sample", "none"]
 _KINDS = ("batch", "sample", "none")
@@ -697,6 +697,16 @@ register_optimizer(
         summary="LAMB: Adam's step u rescaled per layer to lr * phi(||x||) / ||u||, decoupled weight decay in u",
         paper="You, Li, Reddi, Hseu, Kumar, Bhojanapalli, Song, Demmel, Keutzer & Hsieh 2019, Large Batch "
         "Optimization for Deep Learning: Training BERT in 76 minutes, arXiv:1904.00962",
+        primary="lr",
+    )
+)
+register_optimizer(
+    OptimizerEntry(
+        name="lans",
+        cls=LANS,
+        summary="LANS: LAMB on per-layer normalized gradients, with two norm-rescaled Nesterov-style half-steps",
+        paper="Zheng, Lin, Zha, Wei, Li, Li & Lin 2020, Accelerated Large Batch Optimization of BERT Pretraining "
+        "in 54 minutes, arXiv:2006.13484",
         primary="lr",
     )
 )

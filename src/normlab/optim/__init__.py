@@ -1,13 +1,13 @@
-"""Gradient-side normalization: LARS, LAMB, and gradient centralization around any torch optimizer.
+"""Gradient-side normalization: LARS, LAMB, LANS, and gradient centralization / normalization around any optimizer.
 
 :class:`LARS` normalizes each layer's step by its trust ratio, :class:`LAMB`
-Adam's step by the layer's norm;
+Adam's step by the layer's norm, :class:`LANS` adds normalized gradients;
 :class:`GradientCentralization` projects each filter's gradient onto zero
-mean before any optimizer's step; :func:`exclude_from_adaptation` builds the
+mean and :class:`GradientNormalization` rescales each gradient to unit norm
+before any optimizer's step; :func:`exclude_from_adaptation` builds the
 param groups that keep biases and norm parameters out. The functional core
 (:mod:`normlab.optim.functional`) holds the math, with single-tensor and
-``foreach`` implementations. LANS and per-layer gradient normalization are
-not built yet.
+``foreach`` implementations.
 
 >>> import torch, normlab
 >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
@@ -17,6 +17,14 @@ not built yet.
 """
 
 from . import functional
-from .optimizers import LAMB, LARS, GradientCentralization, exclude_from_adaptation
+from .optimizers import LAMB, LANS, LARS, GradientCentralization, GradientNormalization, exclude_from_adaptation
 
-__all__ = ["LAMB", "LARS", "GradientCentralization", "exclude_from_adaptation", "functional"]
+__all__ = [
+    "LAMB",
+    "LANS",
+    "LARS",
+    "GradientCentralization",
+    "GradientNormalization",
+    "exclude_from_adaptation",
+    "functional",
+]

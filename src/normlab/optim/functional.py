@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..functional.operations import center
 
-__all__ = ["centralize", "centralize_", "lamb", "lars", "trust_ratio"]
+__all__ = ["centralize", "centralize_", "lamb", "lans", "lars", "normalize_gradients_", "trust_ratio"]
 
 
 def _centralizable(g: Tensor, conv_only: bool) -> bool:
@@ -354,3 +354,87 @@ def _multi_tensor_lamb(
     else:
         torch._foreach_mul_(u, lr)
     torch._foreach_sub_(params, u)
+
+
+def _ratio_or_one(num: Tensor, den: Tensor) -> Tensor:
+    # num / den, 1 where either is 0 (LANS's "NaN or 0 ratios -> 1")
+    return torch.where((num > 0) & (den > 0), num / den, torch.ones_like(num))
+
+
+@torch.no_grad()
+def normalize_gradients_(grads: list[Tensor], scale: float = 1.0, foreach: bool | None = None) -> None:
+    """Per-layer gradient normalization in place: each gradient ``g <- scale * g / ||g||`` (a zero gradient stays 0).
+
+    >>> import torch
+    >>> g = [torch.tensor([3.0, 4.0]), torch.zeros(2)]
+    >>> normalize_gradients_(g)
+    >>> g
+    [tensor([0.6000, 0.8000]), tensor([0., 0.])]
+    """
+    grads = [g for g in grads if g is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads) if foreach else [g.norm() for g in grads]
+    factors = [
+        (scale / torch.where(n > 0, n, torch.ones_like(n))).to(g.dtype) for n, g in zip(norms, grads, strict=True)
+    ]
+    if foreach:
+        torch._foreach_mul_(grads, factors)
+    else:
+        for g, f in zip(grads, factors, strict=True):
+            g.mul_(f)
+
+
+@torch.no_grad()
+def lans(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    maximize: bool,
+    foreach: bool | None = None,
+) -> None:
+    """One LANS step over a parameter group, in place (Zheng et al. 2020, arXiv:2006.13484, Algorithm 2).
+
+    Per tensor: ``g <- g / ||g||`` (a zero gradient stays 0); Adam's moments of
+    the normalized gradient, bias-corrected; ``r1 = ||x||``; then two
+    normalized half-steps, Nesterov-style: ``c_m = m / (sqrt(v) + eps) + wd x``,
+    ``x <- x - lr beta1 (r1 / ||c_m||) c_m``, and ``c_g = g / (sqrt(v) + eps) +
+    wd x`` (the updated ``x``), ``x <- x - lr (1 - beta1) (r1 / ||c_g||) c_g``;
+    a ratio with a zero norm is 1. The step does not depend on the loss's scale.
+    """
+    if not params:
+        return
+    if maximize:
+        grads = [torch.neg(g) for g in grads]
+    norms = torch._foreach_norm(grads) if foreach else [g.norm() for g in grads]
+    grads = [g / torch.where(n > 0, n, torch.ones_like(n)).to(g.dtype) for g, n in zip(grads, norms, strict=True)]
+    if foreach:
+        torch._foreach_add_(state_steps, 1)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    else:
+        for g, m, v, t in zip(grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
+            t.add_(1)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    for x, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
+        # the two half-steps read each tensor's norm after the previous write: one tensor at a time on both roads
+        denom = (v / _one_minus_pow(beta2, t)).sqrt().add_(eps)
+        r1 = x.norm()
+        c_m = (m / _one_minus_pow(beta1, t)) / denom
+        if weight_decay != 0:
+            c_m.add_(x, alpha=weight_decay)
+        x.sub_(c_m * (lr * beta1 * _ratio_or_one(r1, c_m.norm())).to(x.dtype))
+        c_g = g / denom
+        if weight_decay != 0:
+            c_g.add_(x, alpha=weight_decay)
+        x.sub_(c_g * (lr * (1 - beta1) * _ratio_or_one(r1, c_g.norm())).to(x.dtype))

@@ -1,4 +1,4 @@
-"""Gradient-side normalization as torch optimizers: LARS, LAMB, and gradient centralization around any optimizer.
+"""Gradient-side normalization as torch optimizers (LARS, LAMB, LANS) and gradient transforms around any optimizer.
 
 Thin classes over :mod:`normlab.optim.functional`: they validate their
 hyperparameters, keep torch.optim's layout (``defaults``, param groups,
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..functional.checks import InvalidArgumentError
 from . import functional as F
 
-__all__ = ["LAMB", "LARS", "GradientCentralization", "exclude_from_adaptation"]
+__all__ = ["LAMB", "LANS", "LARS", "GradientCentralization", "GradientNormalization", "exclude_from_adaptation"]
 
 
 def _number(
@@ -40,6 +40,33 @@ def _evaluate(closure: Callable[[], float] | None):
         return None
     with torch.enable_grad():
         return closure()
+
+
+def _betas(betas: object, owner: str) -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise InvalidArgumentError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    b1 = _number(betas[0], "betas[0]", owner, high=1.0)
+    b2 = _number(betas[1], "betas[1]", owner, high=1.0)
+    if b1 == 1.0 or b2 == 1.0:
+        raise InvalidArgumentError(f"{owner}: betas must each be < 1, got {tuple(betas)!r}")
+    return b1, b2
+
+
+def _adam_state(state: dict, params: list[Tensor]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """Adam's (exp_avg, exp_avg_sq, step) per parameter, created on first use."""
+    ms, vs, steps = [], [], []
+    for p in params:
+        st = state[p]
+        if not st:
+            # the step count in float64 for float64 parameters, so the bias correction keeps their precision
+            dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
+            st["step"] = torch.zeros((), dtype=dtype, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        ms.append(st["exp_avg"])
+        vs.append(st["exp_avg_sq"])
+        steps.append(st["step"])
+    return ms, vs, steps
 
 
 def _default_foreach(params: list[Tensor]) -> bool:
@@ -244,12 +271,7 @@ class LAMB(_Layerwise):
     ) -> None:
         owner = "LAMB"
         lr = _number(lr, "lr", owner, open_low=True)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise InvalidArgumentError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-        b1 = _number(betas[0], "betas[0]", owner, high=1.0)
-        b2 = _number(betas[1], "betas[1]", owner, high=1.0)
-        if b1 == 1.0 or b2 == 1.0:
-            raise InvalidArgumentError(f"{owner}: betas must each be < 1, got {betas!r}")
+        b1, b2 = _betas(betas, owner)
         eps = _number(eps, "eps", owner)
         weight_decay = _number(weight_decay, "weight_decay", owner)
         if phi_clip is not None:
@@ -276,18 +298,7 @@ class LAMB(_Layerwise):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
         for group, params, grads in self._with_grads():
-            ms, vs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    # the step count in float64 for float64 parameters, so the bias correction keeps their precision
-                    dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
-                    state["step"] = torch.zeros((), dtype=dtype, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["exp_avg"])
-                vs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
+            ms, vs, steps = _adam_state(self.state, params)
             foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
             b1, b2 = group["betas"]
             F.lamb(
@@ -310,7 +321,114 @@ class LAMB(_Layerwise):
         return loss
 
 
-class GradientCentralization:
+class LANS(_Layerwise):
+    r"""LANS: LAMB with normalized gradients and Nesterov-style half-steps (Zheng et al. 2020, arXiv:2006.13484).
+
+    Per tensor: the gradient is normalized to unit norm (a zero gradient
+    stays 0), Adam's moments of it are bias-corrected, and the parameter takes
+    two half-steps, each rescaled to the layer's norm ``r1 = ||x||``:
+    ``x <- x - lr * beta1 * (r1 / ||c_m||) * c_m`` with
+    ``c_m = m / (sqrt(v) + eps) + weight_decay * x``, then
+    ``x <- x - lr * (1 - beta1) * (r1 / ||c_g||) * c_g`` with
+    ``c_g = g / (sqrt(v) + eps) + weight_decay * x`` (a ratio with a zero norm
+    is 1). Because the gradient is normalized, the steps do not depend on the
+    loss's scale. ``eps`` is 1e-6 after the root, as in the MXNet code. A
+    parameter whose gradient is 0 only up to rounding (a bias just before a
+    BatchNorm) gets normalized rounding noise: leave it out.
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    >>> opt = LANS([w], lr=0.01, weight_decay=0.0)
+    >>> w.grad = torch.tensor([5.0, 0.0])
+    >>> opt.step()
+    >>> round(float((w.detach() - torch.tensor([3.0, 4.0])).norm()), 6)  # two half-steps along g: lr * ||x||
+    0.05
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        owner = "LANS"
+        lr = _number(lr, "lr", owner, open_low=True)
+        b1, b2 = _betas(betas, owner)
+        eps = _number(eps, "eps", owner)
+        weight_decay = _number(weight_decay, "weight_decay", owner)
+        _check_flags(owner, maximize=maximize)
+        if foreach is not None and not isinstance(foreach, bool):
+            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+        defaults = dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
+        loss = _evaluate(closure)
+        for group, params, grads in self._with_grads():
+            ms, vs, steps = _adam_state(self.state, params)
+            b1, b2 = group["betas"]
+            F.lans(
+                params,
+                grads,
+                ms,
+                vs,
+                steps,
+                lr=group["lr"],
+                beta1=b1,
+                beta2=b2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                maximize=group["maximize"],
+                foreach=group["foreach"] if group["foreach"] is not None else _default_foreach(params),
+            )
+        return loss
+
+
+class _GradientWrapper:
+    """A gradient transform applied before a wrapped torch optimizer's step; everything else is the optimizer's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, foreach: bool | None) -> None:
+        name = type(self).__name__
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidArgumentError(
+                f"{name} wraps a torch.optim.Optimizer, got {type(optimizer).__name__}; "
+                f"build the optimizer first: {name}(torch.optim.SGD(model.parameters(), lr=0.1))"
+            )
+        if foreach is not None and not isinstance(foreach, bool):
+            raise InvalidArgumentError(f"{name}: foreach must be a bool or None, got {foreach!r}")
+        self.optimizer = optimizer
+        self.foreach = foreach
+
+    def __getattr__(self, name: str):
+        # everything but step() is the wrapped optimizer's (param_groups, state, zero_grad, state_dict, ...)
+        try:
+            return getattr(self.__dict__["optimizer"], name)
+        except KeyError:  # not yet set (copy, unpickling)
+            raise AttributeError(name) from None
+
+    def _transform(self, grads: list[Tensor], foreach: bool) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """Transform every gradient of the wrapped optimizer's groups, then take its step."""
+        loss = _evaluate(closure)
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if any(g.is_sparse for g in grads):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        self._transform(grads, self.foreach if self.foreach is not None else _default_foreach(grads))
+        self.optimizer.step()
+        return loss
+
+
+class GradientCentralization(_GradientWrapper):
     """Gradient centralization (Yong et al. 2020, arXiv:2004.01461) around any torch optimizer.
 
     ``step()`` replaces the gradient of every weight with ``ndim > 1``
@@ -335,32 +453,47 @@ class GradientCentralization:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, conv_only: bool = False, foreach: bool | None = None):
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise InvalidArgumentError(
-                f"GradientCentralization wraps a torch.optim.Optimizer, got {type(optimizer).__name__}; "
-                "build the optimizer first: GradientCentralization(torch.optim.SGD(model.parameters(), lr=0.1))"
-            )
+        super().__init__(optimizer, foreach)
         if not isinstance(conv_only, bool):
             raise InvalidArgumentError(f"GradientCentralization: conv_only must be a bool, got {conv_only!r}")
-        self.optimizer = optimizer
         self.conv_only = conv_only
-        self.foreach = foreach
-
-    def __getattr__(self, name: str):
-        # everything but step() is the wrapped optimizer's (param_groups, state, zero_grad, state_dict, ...)
-        return getattr(self.__dict__["optimizer"], name)
 
     def __repr__(self) -> str:
         return f"GradientCentralization(conv_only={self.conv_only}, optimizer={self.optimizer!r})"
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = _evaluate(closure)
-        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        foreach = self.foreach if self.foreach is not None else _default_foreach(grads)
+    def _transform(self, grads: list[Tensor], foreach: bool) -> None:
         F.centralize_(grads, self.conv_only, foreach=foreach)
-        self.optimizer.step()
-        return loss
+
+
+class GradientNormalization(_GradientWrapper):
+    """Per-layer gradient normalization around any torch optimizer: each gradient ``g <- scale * g / ||g||``.
+
+    Every parameter's gradient (a zero gradient stays 0) is rescaled to norm
+    ``scale`` before the wrapped optimizer's step, so under SGD each layer
+    moves by ``lr * scale`` whatever the loss's scale or the layer's gradient
+    magnitude (:func:`normlab.optim.functional.normalize_gradients_`). A
+    parameter whose gradient is 0 only up to rounding (a bias just before a
+    BatchNorm) would get a full-size step along rounding noise: leave it out
+    (``requires_grad_(False)``, or no bias there), as for :class:`LANS`.
+
+    >>> import torch
+    >>> w = torch.nn.Parameter(torch.zeros(2))
+    >>> opt = GradientNormalization(torch.optim.SGD([w], lr=0.1))
+    >>> w.grad = torch.tensor([30.0, 40.0])
+    >>> opt.step()
+    >>> w.detach()
+    tensor([-0.0600, -0.0800])
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0, foreach: bool | None = None):
+        super().__init__(optimizer, foreach)
+        self.scale = _number(scale, "scale", "GradientNormalization", open_low=True)
+
+    def __repr__(self) -> str:
+        return f"GradientNormalization(scale={self.scale:g}, optimizer={self.optimizer!r})"
+
+    def _transform(self, grads: list[Tensor], foreach: bool) -> None:
+        F.normalize_gradients_(grads, self.scale, foreach=foreach)
 
 
 def exclude_from_adaptation(model: nn.Module, **group_overrides) -> list[dict]:
