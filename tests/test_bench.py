@@ -59,3 +59,19 @@ def test_replace_section_keeps_the_other_sections(tmp_path):
     text = open(path).read()
     assert text.startswith("# T") and "three" in text and "two" in text and "one" not in text
     assert text.index("## A") < text.index("## B")
+
+
+def test_optimizer_benchmark_smoke(tmp_path):
+    # benchmarks/optim.py --quick end to end: every row written, every ratio finite (no timing assertion)
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "optim.py"
+    spec = importlib.util.spec_from_file_location("bench_optim", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "r.md"
+    assert mod.main(["--quick", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and "params)" in line]
+    assert len(rows) == 2 * 2 * 7  # models x foreach x optimizers
+    assert all(_finite_positive(float(r.rstrip(" |").rsplit("|", 1)[1])) for r in rows)

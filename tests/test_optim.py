@@ -78,6 +78,11 @@ def _params(model):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_foreach_equals_single_tensor(name):
     a, b = _model(), _model()
+    if CONFIGS[name][0] is LANS:
+        # LANS normalizes the conv bias's gradient, which BN makes rounding noise: the two roads' last-bit
+        # differences would steer it apart (see test_steps_do_not_depend_on_the_losss_scale)
+        for m in (a, b):
+            m[0].bias.requires_grad_(False)
     _train(a, _make(name, a.parameters(), foreach=False))
     _train(b, _make(name, b.parameters(), foreach=True))
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):

@@ -96,6 +96,18 @@ def trust_ratio(
     return ratio
 
 
+def _per_tensor(fn, *columns: list[Tensor]) -> list[Tensor]:
+    """``fn`` over per-tensor scalars (0-dim tensors, one per parameter): one vectorized call where they stack.
+
+    The trust ratios and bias corrections of a foreach step are a handful of
+    scalar ops per parameter; stacked, they are a handful of ops in all.
+    """
+    first = columns[0]
+    if all(t.dtype == first[0].dtype and t.device == first[0].device for col in columns for t in col):
+        return list(fn(*(torch.stack(col) for col in columns)).unbind(0))
+    return [fn(*row) for row in zip(*columns, strict=True)]
+
+
 def _local_rate(ratio: Tensor, lr: float, larc: bool) -> Tensor:
     # LARC (NVIDIA apex) clips the layer's rate at the global one: min(trust ratio, lr) instead of lr * trust
     return torch.clamp(ratio, max=lr) if larc else ratio * lr
@@ -198,10 +210,11 @@ def _multi_tensor_lars(
     if trust_adaptation:
         w_norms = torch._foreach_norm(params)
         g_norms = torch._foreach_norm(grads)
-        rates = [
-            _local_rate(trust_ratio(wn, gn, trust_coefficient, weight_decay, eps, trust_clip), lr, larc).to(x.dtype)
-            for wn, gn, x in zip(w_norms, g_norms, d, strict=True)
-        ]
+        rates = _per_tensor(
+            lambda wn, gn: _local_rate(trust_ratio(wn, gn, trust_coefficient, weight_decay, eps, trust_clip), lr, larc),
+            w_norms,
+            g_norms,
+        )
         steps = torch._foreach_mul(d, rates)
     else:
         steps = torch._foreach_mul(d, lr)
@@ -335,8 +348,8 @@ def _multi_tensor_lamb(
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
     if bias_correction:
-        c1 = [_one_minus_pow(beta1, t) for t in steps]
-        c2 = [_one_minus_pow(beta2, t) for t in steps]
+        c1 = _per_tensor(lambda t: _one_minus_pow(beta1, t), steps)
+        c2 = _per_tensor(lambda t: _one_minus_pow(beta2, t), steps)
         num = torch._foreach_div(exp_avgs, c1)
         den = torch._foreach_sqrt(torch._foreach_div(exp_avg_sqs, c2))
     else:
@@ -347,9 +360,7 @@ def _multi_tensor_lamb(
         torch._foreach_add_(u, params, alpha=weight_decay)
     if adapt:
         w_norms, u_norms = torch._foreach_norm(params), torch._foreach_norm(u)
-        rates = [
-            (lr * _lamb_ratio(wn, un, phi_clip)).to(x.dtype) for wn, un, x in zip(w_norms, u_norms, u, strict=True)
-        ]
+        rates = _per_tensor(lambda wn, un: lr * _lamb_ratio(wn, un, phi_clip), w_norms, u_norms)
         torch._foreach_mul_(u, rates)
     else:
         torch._foreach_mul_(u, lr)
@@ -414,27 +425,57 @@ def lans(
         return
     if maximize:
         grads = [torch.neg(g) for g in grads]
-    norms = torch._foreach_norm(grads) if foreach else [g.norm() for g in grads]
-    grads = [g / torch.where(n > 0, n, torch.ones_like(n)).to(g.dtype) for g, n in zip(grads, norms, strict=True)]
-    if foreach:
-        torch._foreach_add_(state_steps, 1)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-    else:
-        for g, m, v, t in zip(grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
-            t.add_(1)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    for x, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, state_steps, strict=True):
-        # the two half-steps read each tensor's norm after the previous write: one tensor at a time on both roads
+    impl = _multi_tensor_lans if foreach else _single_tensor_lans
+    impl(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        state_steps,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+    )
+
+
+def _single_tensor_lans(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay) -> None:
+    for x, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+        n = g.norm()
+        g = g / torch.where(n > 0, n, torch.ones_like(n))
+        t.add_(1)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = (v / _one_minus_pow(beta2, t)).sqrt().add_(eps)
         r1 = x.norm()
         c_m = (m / _one_minus_pow(beta1, t)) / denom
         if weight_decay != 0:
             c_m.add_(x, alpha=weight_decay)
-        x.sub_(c_m * (lr * beta1 * _ratio_or_one(r1, c_m.norm())).to(x.dtype))
+        x.sub_(c_m * (lr * beta1 * _ratio_or_one(r1, c_m.norm())))
         c_g = g / denom
         if weight_decay != 0:
-            c_g.add_(x, alpha=weight_decay)
-        x.sub_(c_g * (lr * (1 - beta1) * _ratio_or_one(r1, c_g.norm())).to(x.dtype))
+            c_g.add_(x, alpha=weight_decay)  # the updated x
+        x.sub_(c_g * (lr * (1 - beta1) * _ratio_or_one(r1, c_g.norm())))
+
+
+def _multi_tensor_lans(params, grads, exp_avgs, exp_avg_sqs, steps, *, lr, beta1, beta2, eps, weight_decay) -> None:
+    # each tensor's second half-step reads only its own updated x: all first half-steps, then all second ones
+    # g / ||g|| as a division, as the single-tensor road does (a multiply by 1 / ||g|| rounds differently)
+    norms = _per_tensor(lambda n: torch.where(n > 0, n, torch.ones_like(n)), torch._foreach_norm(grads))
+    grads = torch._foreach_div(grads, norms)
+    torch._foreach_add_(steps, 1)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+    c1 = _per_tensor(lambda t: _one_minus_pow(beta1, t), steps)
+    c2 = _per_tensor(lambda t: _one_minus_pow(beta2, t), steps)
+    denom = torch._foreach_sqrt(torch._foreach_div(exp_avg_sqs, c2))
+    torch._foreach_add_(denom, eps)
+    r1 = torch._foreach_norm(params)
+    for coef, num in ((lr * beta1, torch._foreach_div(exp_avgs, c1)), (lr * (1 - beta1), grads)):
+        c = torch._foreach_div(num, denom)
+        if weight_decay != 0:
+            torch._foreach_add_(c, params, alpha=weight_decay)  # the second pass reads the updated x
+        torch._foreach_mul_(c, _per_tensor(lambda r, n, k=coef: k * _ratio_or_one(r, n), r1, torch._foreach_norm(c)))
+        torch._foreach_sub_(params, c)
