@@ -29,6 +29,7 @@ _MODULES: tuple[str, ...] = (
     "where_to_normalize",
     "depth_limit",
     "bn_small_batch",
+    "gradient_centralization",
 )
 
 PENDING: dict[str, PendingClaim] = {
@@ -60,12 +61,6 @@ PENDING: dict[str, PendingClaim] = {
             "You et al. (LARS/LAMB)",
             "layer-wise adaptive rates keep accuracy at large batch",
             "gradient-side family (LARS, LAMB)",
-        ),
-        PendingClaim(
-            "gradient-centralization",
-            "Yong et al. 2020",
-            "centralizing gradients speeds up convergence",
-            "gradient-side family (gradient centralization)",
         ),
         PendingClaim(
             "ln-sequences", "Ba et al. 2016", "LayerNorm helps recurrent nets", "recurrent models with LayerNorm cells"
