@@ -219,10 +219,10 @@ def _multi_tensor_lars(
     else:
         steps = torch._foreach_mul(d, lr)
     if momentum != 0:
-        fresh = [i for i, b in enumerate(bufs) if b is None]
-        for i in fresh:
-            bufs[i] = steps[i].clone()
-        old = [i for i in range(len(bufs)) if i not in set(fresh)]
+        old = [i for i, b in enumerate(bufs) if b is not None]  # the first step's buffers are the step itself
+        for i, b in enumerate(bufs):
+            if b is None:
+                bufs[i] = steps[i].clone()
         if old:
             olds = [bufs[i] for i in old]
             torch._foreach_mul_(olds, momentum)
