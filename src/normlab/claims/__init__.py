@@ -60,7 +60,7 @@ PENDING: dict[str, PendingClaim] = {
             "large-batch-lars",
             "You et al. (LARS/LAMB)",
             "layer-wise adaptive rates keep accuracy at large batch",
-            "gradient-side family (LARS, LAMB)",
+            "its experiment module (the optimizers, LARS and LAMB, are in normlab.optim)",
         ),
         PendingClaim(
             "ln-sequences", "Ba et al. 2016", "LayerNorm helps recurrent nets", "recurrent models with LayerNorm cells"

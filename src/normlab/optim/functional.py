@@ -1,4 +1,4 @@
-"""Functional core of the gradient-side family: gradient centralization and the LARS and LAMB steps.
+"""Functional core of the gradient-side family: gradient centralization and normalization, LARS, LAMB, LANS.
 
 Each update exists twice, as torch.optim's do: a single-tensor loop and a
 ``foreach`` implementation over the whole list (fewer kernel launches); a
