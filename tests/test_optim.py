@@ -72,6 +72,28 @@ def _params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _grads_of(loss):
+    """The gradient function of ``loss`` over a list of tensors, for the written-out reference algorithms."""
+
+    def grads(ws):
+        ws = [w.detach().requires_grad_() for w in ws]
+        return torch.autograd.grad(loss(ws), ws)
+
+    return grads
+
+
+def _check_against(want, loss, w0, make, steps):
+    """``make(params)`` run ``steps`` steps on ``loss`` from ``w0`` must end at ``want`` (float64, 1e-12)."""
+    params = [nn.Parameter(w.clone()) for w in w0]
+    opt = make(params)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss(params).backward()
+        opt.step()
+    for p, w in zip(params, want, strict=True):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+
+
 # ------------------------------------------------------------------ generic table
 
 
@@ -189,21 +211,16 @@ def test_lars_matches_the_papers_algorithm(foreach, nesterov):
     def loss(ws):  # a smooth coupled loss of both tensors
         return (A[0] @ ws[0]).square().sum() + (ws[0] @ ws[1]).sin().sum() + (A[1] @ ws[1]).square().sum()
 
-    def grads(ws):
-        ws = [w.detach().requires_grad_() for w in ws]
-        return torch.autograd.grad(loss(ws), ws)
-
-    want = _paper_lars(w0, grads, 5, lr=0.2, momentum=0.9, wd=1e-2, eta=0.05, nesterov=nesterov)
-    params = [nn.Parameter(w.clone()) for w in w0]
-    opt = LARS(
-        params, lr=0.2, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.05, nesterov=nesterov, foreach=foreach
+    want = _paper_lars(w0, _grads_of(loss), 5, lr=0.2, momentum=0.9, wd=1e-2, eta=0.05, nesterov=nesterov)
+    _check_against(
+        want,
+        loss,
+        w0,
+        lambda params: LARS(
+            params, lr=0.2, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.05, nesterov=nesterov, foreach=foreach
+        ),
+        steps=5,
     )
-    for _ in range(5):
-        opt.zero_grad()
-        loss(params).backward()
-        opt.step()
-    for p, w in zip(params, want, strict=True):
-        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
@@ -361,19 +378,14 @@ def test_lamb_matches_the_papers_algorithm(foreach, variant):
     def loss(ws):
         return (A @ ws[0] @ ws[1]).tanh().square().sum() + ws[1].square().sum()
 
-    def grads(ws):
-        ws = [w.detach().requires_grad_() for w in ws]
-        return torch.autograd.grad(loss(ws), ws)
-
-    want = _paper_lamb(w0, grads, 6, lr=0.05, b1=0.9, b2=0.99, eps=1e-6, wd=0.1, **variant)
-    params = [nn.Parameter(w.clone()) for w in w0]
-    opt = LAMB(params, lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.1, foreach=foreach, **variant)
-    for _ in range(6):
-        opt.zero_grad()
-        loss(params).backward()
-        opt.step()
-    for p, w in zip(params, want, strict=True):
-        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+    want = _paper_lamb(w0, _grads_of(loss), 6, lr=0.05, b1=0.9, b2=0.99, eps=1e-6, wd=0.1, **variant)
+    _check_against(
+        want,
+        loss,
+        w0,
+        lambda params: LAMB(params, lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.1, foreach=foreach, **variant),
+        steps=6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -426,19 +438,14 @@ def test_lans_matches_the_papers_algorithm(foreach):
     def loss(ws):
         return (A @ ws[0] + ws[1]).sin().square().sum() + 0.1 * ws[0].square().sum()
 
-    def grads(ws):
-        ws = [w.detach().requires_grad_() for w in ws]
-        return torch.autograd.grad(loss(ws), ws)
-
-    want = _paper_lans(w0, grads, 6, lr=0.05, b1=0.9, b2=0.99, eps=1e-6, wd=0.05)
-    params = [nn.Parameter(w.clone()) for w in w0]
-    opt = LANS(params, lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05, foreach=foreach)
-    for _ in range(6):
-        opt.zero_grad()
-        loss(params).backward()
-        opt.step()
-    for p, w in zip(params, want, strict=True):
-        torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-14)
+    want = _paper_lans(w0, _grads_of(loss), 6, lr=0.05, b1=0.9, b2=0.99, eps=1e-6, wd=0.05)
+    _check_against(
+        want,
+        loss,
+        w0,
+        lambda params: LANS(params, lr=0.05, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.05, foreach=foreach),
+        steps=6,
+    )
 
 
 @pytest.mark.parametrize("foreach", [False, True])

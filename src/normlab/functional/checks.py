@@ -163,3 +163,35 @@ def check_momentum(momentum: object, owner: str) -> float | None:
             f"or None (cumulative average), got {momentum!r}; a Keras-style momentum k is 1 - k here"
         )
     return m
+
+
+def check_number(
+    value: object, name: str, owner: str, *, low: float = 0.0, high: float | None = None, open_low: bool = False
+) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``low`` excluded with ``open_low``), else an error.
+
+    >>> check_number(0.5, "lr", "LARS", open_low=True)
+    0.5
+    >>> check_number(0, "lr", "LARS", open_low=True)
+    Traceback (most recent call last):
+    ...
+    normlab.functional.checks.InvalidArgumentError: LARS: lr must be finite and > 0, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < low or (open_low and v == low) or (high is not None and v > high):
+        lo = f"> {low:g}" if open_low else f">= {low:g}"
+        span = lo if high is None else f"{lo} and <= {high:g}"
+        raise InvalidArgumentError(f"{owner}: {name} must be finite and {span}, got {value!r}")
+    return v
+
+
+def check_bool(value: object, name: str, owner: str, optional: bool = False) -> bool | None:
+    """``value`` as a bool (or None with ``optional``), else an :class:`InvalidArgumentError` naming what came."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        kind = "a bool or None" if optional else "a bool"
+        raise InvalidArgumentError(f"{owner}: {name} must be {kind}, got {type(value).__name__} {value!r}")
+    return value

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..functional.operations import center
+from ..functional.stats import accumulation_dtype
 
 __all__ = ["centralize", "centralize_", "lamb", "lans", "lars", "normalize_gradients_", "trust_ratio"]
 
@@ -57,10 +58,8 @@ def centralize_(grads: list[Tensor], conv_only: bool = False, foreach: bool | No
             g.copy_(centralize(g, conv_only))
         return
     rows = [g.view(g.shape[0], -1) if g.is_contiguous() else g.reshape(g.shape[0], -1) for g in todo]
-    means = [
-        r.mean(dim=1, keepdim=True, dtype=torch.float32 if r.dtype in (torch.float16, torch.bfloat16) else None)
-        for r in rows
-    ]
+    # the framework's centering computes variances too: the fast road takes the mean alone, in the same dtype
+    means = [r.mean(dim=1, keepdim=True, dtype=accumulation_dtype(r.dtype)) for r in rows]
     for g, r, m in zip(todo, rows, means, strict=True):
         # reshape() copies a non-contiguous gradient: write the centred rows back into the original
         if r.data_ptr() == g.data_ptr():
@@ -94,6 +93,13 @@ def trust_ratio(
     if trust_clip is not None:
         ratio = ratio.clamp(0.0, trust_clip)
     return ratio
+
+
+def _descent(grads: list[Tensor], maximize: bool, foreach: bool | None) -> list[Tensor]:
+    """The gradients to descend along: negated copies with ``maximize`` (one foreach op), else the same tensors."""
+    if not maximize:
+        return grads
+    return list(torch._foreach_neg(grads)) if foreach else [torch.neg(g) for g in grads]
 
 
 def _per_tensor(fn, *columns: list[Tensor]) -> list[Tensor]:
@@ -141,8 +147,7 @@ def lars(
     """
     if not params:
         return
-    if maximize:
-        grads = [torch.neg(g) for g in grads]
+    grads = _descent(grads, maximize, foreach)
     impl = _multi_tensor_lars if foreach else _single_tensor_lars
     impl(
         params,
@@ -275,8 +280,7 @@ def lamb(
     """
     if not params:
         return
-    if maximize:
-        grads = [torch.neg(g) for g in grads]
+    grads = _descent(grads, maximize, foreach)
     impl = _multi_tensor_lamb if foreach else _single_tensor_lamb
     impl(
         params,
@@ -423,8 +427,7 @@ def lans(
     """
     if not params:
         return
-    if maximize:
-        grads = [torch.neg(g) for g in grads]
+    grads = _descent(grads, maximize, foreach)
     impl = _multi_tensor_lans if foreach else _single_tensor_lans
     impl(
         params,

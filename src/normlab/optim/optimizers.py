@@ -7,31 +7,15 @@ hyperparameters, keep torch.optim's layout (``defaults``, param groups,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from ..functional.checks import InvalidArgumentError
+from ..functional.checks import InvalidArgumentError, check_bool, check_number
 from . import functional as F
 
 __all__ = ["LAMB", "LANS", "LARS", "GradientCentralization", "GradientNormalization", "exclude_from_adaptation"]
-
-
-def _number(
-    value: object, name: str, owner: str, *, low: float = 0.0, high: float | None = None, open_low: bool = False
-) -> float:
-    """``value`` as a finite float in range, or an :class:`InvalidArgumentError` naming what came and what fits."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    bad = not math.isfinite(v) or v < low or (open_low and v == low) or (high is not None and v > high)
-    if bad:
-        lo = f"> {low:g}" if open_low else f">= {low:g}"
-        span = lo if high is None else f"{lo} and <= {high:g}"
-        raise InvalidArgumentError(f"{owner}: {name} must be finite and {span}, got {value!r}")
-    return v
 
 
 def _evaluate(closure: Callable[[], float] | None):
@@ -45,8 +29,8 @@ def _evaluate(closure: Callable[[], float] | None):
 def _betas(betas: object, owner: str) -> tuple[float, float]:
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise InvalidArgumentError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
-    b1 = _number(betas[0], "betas[0]", owner, high=1.0)
-    b2 = _number(betas[1], "betas[1]", owner, high=1.0)
+    b1 = check_number(betas[0], "betas[0]", owner, high=1.0)
+    b2 = check_number(betas[1], "betas[1]", owner, high=1.0)
     if b1 == 1.0 or b2 == 1.0:
         raise InvalidArgumentError(f"{owner}: betas must each be < 1, got {tuple(betas)!r}")
     return b1, b2
@@ -83,8 +67,8 @@ class _Layerwise(torch.optim.Optimizer):
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
 
-    def _with_grads(self) -> list[tuple[dict, list[Tensor], list[Tensor]]]:
-        """(group, params, grads) for every group, parameters without a gradient left out.
+    def _with_grads(self) -> list[tuple[dict, list[Tensor], list[Tensor], bool]]:
+        """(group, params, grads, foreach) for every group, parameters without a gradient left out.
 
         Every gradient is checked before any is used, so a refused step (a
         sparse gradient) changes no parameter and no state.
@@ -94,7 +78,8 @@ class _Layerwise(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-            out.append((group, params, [p.grad for p in params]))
+            foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
+            out.append((group, params, [p.grad for p in params], foreach))
         return out
 
 
@@ -154,20 +139,21 @@ class LARS(_Layerwise):
         foreach: bool | None = None,
     ) -> None:
         owner = "LARS"
-        lr = _number(lr, "lr", owner, open_low=True)
-        momentum = _number(momentum, "momentum", owner, high=1.0)
+        lr = check_number(lr, "lr", owner, open_low=True)
+        momentum = check_number(momentum, "momentum", owner, high=1.0)
         if momentum == 1.0:
             raise InvalidArgumentError(f"{owner}: momentum must be < 1 (1 never forgets a step), got 1.0")
-        weight_decay = _number(weight_decay, "weight_decay", owner)
-        trust_coefficient = _number(trust_coefficient, "trust_coefficient", owner, open_low=True)
-        eps = _number(eps, "eps", owner)
+        weight_decay = check_number(weight_decay, "weight_decay", owner)
+        trust_coefficient = check_number(trust_coefficient, "trust_coefficient", owner, open_low=True)
+        eps = check_number(eps, "eps", owner)
         if trust_clip is not None:
-            trust_clip = _number(trust_clip, "trust_clip", owner, open_low=True)
-        _check_flags(owner, larc=larc, nesterov=nesterov, maximize=maximize)
+            trust_clip = check_number(trust_clip, "trust_clip", owner, open_low=True)
+        check_bool(larc, "larc", owner)
+        check_bool(nesterov, "nesterov", owner)
+        check_bool(maximize, "maximize", owner)
         if nesterov and momentum == 0:
             raise InvalidArgumentError(f"{owner}: nesterov=True needs momentum > 0, got momentum={momentum:g}")
-        if foreach is not None and not isinstance(foreach, bool):
-            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+        check_bool(foreach, "foreach", owner, optional=True)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -187,9 +173,8 @@ class LARS(_Layerwise):
     def step(self, closure: Callable[[], float] | None = None):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
-        for group, params, grads in self._with_grads():
+        for group, params, grads, foreach in self._with_grads():
             bufs = [self.state[p].get("momentum_buffer") for p in params]
-            foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
             F.lars(
                 params,
                 grads,
@@ -210,12 +195,6 @@ class LARS(_Layerwise):
                 for p, buf in zip(params, bufs, strict=True):
                     self.state[p]["momentum_buffer"] = buf
         return loss
-
-
-def _check_flags(owner: str, **flags) -> None:
-    for name, flag in flags.items():
-        if not isinstance(flag, bool):
-            raise InvalidArgumentError(f"{owner}: {name} must be a bool, got {type(flag).__name__} {flag!r}")
 
 
 class LAMB(_Layerwise):
@@ -270,15 +249,16 @@ class LAMB(_Layerwise):
         foreach: bool | None = None,
     ) -> None:
         owner = "LAMB"
-        lr = _number(lr, "lr", owner, open_low=True)
+        lr = check_number(lr, "lr", owner, open_low=True)
         b1, b2 = _betas(betas, owner)
-        eps = _number(eps, "eps", owner)
-        weight_decay = _number(weight_decay, "weight_decay", owner)
+        eps = check_number(eps, "eps", owner)
+        weight_decay = check_number(weight_decay, "weight_decay", owner)
         if phi_clip is not None:
-            phi_clip = _number(phi_clip, "phi_clip", owner, open_low=True)
-        _check_flags(owner, bias_correction=bias_correction, always_adapt=always_adapt, maximize=maximize)
-        if foreach is not None and not isinstance(foreach, bool):
-            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+            phi_clip = check_number(phi_clip, "phi_clip", owner, open_low=True)
+        check_bool(bias_correction, "bias_correction", owner)
+        check_bool(always_adapt, "always_adapt", owner)
+        check_bool(maximize, "maximize", owner)
+        check_bool(foreach, "foreach", owner, optional=True)
         defaults = dict(
             lr=lr,
             betas=(b1, b2),
@@ -297,9 +277,8 @@ class LAMB(_Layerwise):
     def step(self, closure: Callable[[], float] | None = None):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
-        for group, params, grads in self._with_grads():
+        for group, params, grads, foreach in self._with_grads():
             ms, vs, steps = _adam_state(self.state, params)
-            foreach = group["foreach"] if group["foreach"] is not None else _default_foreach(params)
             b1, b2 = group["betas"]
             F.lamb(
                 params,
@@ -357,13 +336,12 @@ class LANS(_Layerwise):
         foreach: bool | None = None,
     ) -> None:
         owner = "LANS"
-        lr = _number(lr, "lr", owner, open_low=True)
+        lr = check_number(lr, "lr", owner, open_low=True)
         b1, b2 = _betas(betas, owner)
-        eps = _number(eps, "eps", owner)
-        weight_decay = _number(weight_decay, "weight_decay", owner)
-        _check_flags(owner, maximize=maximize)
-        if foreach is not None and not isinstance(foreach, bool):
-            raise InvalidArgumentError(f"{owner}: foreach must be a bool or None, got {foreach!r}")
+        eps = check_number(eps, "eps", owner)
+        weight_decay = check_number(weight_decay, "weight_decay", owner)
+        check_bool(maximize, "maximize", owner)
+        check_bool(foreach, "foreach", owner, optional=True)
         defaults = dict(lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
 
@@ -371,7 +349,7 @@ class LANS(_Layerwise):
     def step(self, closure: Callable[[], float] | None = None):
         """One step over every param group (``closure`` re-evaluates the loss, as in torch.optim)."""
         loss = _evaluate(closure)
-        for group, params, grads in self._with_grads():
+        for group, params, grads, foreach in self._with_grads():
             ms, vs, steps = _adam_state(self.state, params)
             b1, b2 = group["betas"]
             F.lans(
@@ -386,7 +364,7 @@ class LANS(_Layerwise):
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 maximize=group["maximize"],
-                foreach=group["foreach"] if group["foreach"] is not None else _default_foreach(params),
+                foreach=foreach,
             )
         return loss
 
@@ -401,8 +379,7 @@ class _GradientWrapper:
                 f"{name} wraps a torch.optim.Optimizer, got {type(optimizer).__name__}; "
                 f"build the optimizer first: {name}(torch.optim.SGD(model.parameters(), lr=0.1))"
             )
-        if foreach is not None and not isinstance(foreach, bool):
-            raise InvalidArgumentError(f"{name}: foreach must be a bool or None, got {foreach!r}")
+        check_bool(foreach, "foreach", name, optional=True)
         self.optimizer = optimizer
         self.foreach = foreach
 
@@ -454,8 +431,7 @@ class GradientCentralization(_GradientWrapper):
 
     def __init__(self, optimizer: torch.optim.Optimizer, conv_only: bool = False, foreach: bool | None = None):
         super().__init__(optimizer, foreach)
-        if not isinstance(conv_only, bool):
-            raise InvalidArgumentError(f"GradientCentralization: conv_only must be a bool, got {conv_only!r}")
+        check_bool(conv_only, "conv_only", "GradientCentralization")
         self.conv_only = conv_only
 
     def __repr__(self) -> str:
@@ -487,7 +463,7 @@ class GradientNormalization(_GradientWrapper):
 
     def __init__(self, optimizer: torch.optim.Optimizer, scale: float = 1.0, foreach: bool | None = None):
         super().__init__(optimizer, foreach)
-        self.scale = _number(scale, "scale", "GradientNormalization", open_low=True)
+        self.scale = check_number(scale, "scale", "GradientNormalization", open_low=True)
 
     def __repr__(self) -> str:
         return f"GradientNormalization(scale={self.scale:g}, optimizer={self.optimizer!r})"
