@@ -252,3 +252,31 @@ def test_threads_writing_the_index_at_once(tmp_path):
     for t in threads:
         t.join()
     assert not errors and len(index.list()) == 160
+
+
+def test_fresh_index_opened_by_readers_and_writers_at_once(tmp_path):
+    # The first connections to a new index race: switching it to WAL needs an exclusive lock, which SQLite
+    # refuses at once (no busy wait) while another connection holds any lock. Seen in CI as "database is locked".
+    errors = []
+    for trial in range(25):
+        index = RunIndex(tmp_path / f"t{trial}")
+        start = threading.Barrier(6)
+
+        def work(k, index=index, start=start):
+            try:
+                start.wait()
+                for i in range(5):
+                    if k % 2:
+                        index.list()
+                    else:
+                        index.add(_record(f"t{k}-{i}"))
+            except Exception as err:  # pragma: no cover - the assertion below reports it
+                errors.append(err)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(index.list()) == 15
+    assert not errors, errors[:3]

@@ -245,6 +245,26 @@ def fingerprint_data(names: tuple[str, ...] | list[str]) -> dict:
 # --------------------------------------------------------------------------- the index
 
 
+def _ensure_wal(con: sqlite3.Connection) -> None:
+    """Put the index in WAL mode (a persistent property of the file: set once, by its first writer).
+
+    Switching needs an exclusive lock, and SQLite answers ``database is
+    locked`` at once, without its busy wait, while another connection holds
+    any lock: the first connections to a new index race for it. So the mode
+    is read first (no lock), and the switch retried until the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                con.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class RunIndex:
     """The SQLite index of the runs under an output root (WAL, immediate write transactions)."""
 
@@ -266,7 +286,7 @@ class RunIndex:
         try:
             try:
                 if write:
-                    con.execute("PRAGMA journal_mode=WAL")
+                    _ensure_wal(con)
                     con.execute("BEGIN IMMEDIATE")  # take the write lock up front: waits, never deadlocks
                     con.execute(_SCHEMA)
                 else:
