@@ -24,7 +24,16 @@ from torch import nn
 
 import normlab
 from normlab.functional.checks import InvalidArgumentError
-from normlab.optim import LAMB, LANS, LARS, GradientCentralization, GradientNormalization, exclude_from_adaptation
+from normlab.optim import (
+    LAMB,
+    LANS,
+    LARS,
+    CentralizedAdamW,
+    CentralizedSGD,
+    GradientCentralization,
+    GradientNormalization,
+    exclude_from_adaptation,
+)
 from normlab.optim.functional import centralize, centralize_, normalize_gradients_, trust_ratio
 
 f64 = torch.float64
@@ -41,6 +50,9 @@ CONFIGS = {
     "lamb-adapt-where-decayed": (LAMB, dict(lr=0.01, weight_decay=0.0, always_adapt=False)),
     "lans": (LANS, dict(lr=0.01)),
     "lans-wd-betas": (LANS, dict(lr=0.02, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8)),
+    "centralized-sgd": (CentralizedSGD, dict(lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)),
+    "centralized-sgd-conv-only": (CentralizedSGD, dict(lr=0.1, weight_decay=1e-2, conv_only=True)),
+    "centralized-adamw": (CentralizedAdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
 }
 
 
@@ -149,7 +161,7 @@ def test_maximize_ascends_the_negated_loss(name, foreach):
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("name", ["lars-nesterov-wd", "lamb", "lans-wd-betas"])
+@pytest.mark.parametrize("name", ["lars-nesterov-wd", "lamb", "lans-wd-betas", "centralized-sgd"])
 def test_compiled_step_equals_eager(name, foreach):
     torch._dynamo.reset()
     a, b = _model(), _model()
@@ -606,3 +618,96 @@ def test_sparse_gradient_is_refused_before_any_change(cls):
 def test_gradient_normalization_rejects_a_bad_scale():
     with pytest.raises(InvalidArgumentError, match="scale must be finite and > 0, got 0"):
         GradientNormalization(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), scale=0)
+
+
+# ------------------------------------------------------------------ SGD and AdamW with GC built in
+
+
+def _paper_sgd_gc(ws, grads_fn, steps, lr, momentum, wd):
+    """Yong et al.'s SGD_GC written out in float64: d = g + wd w, each filter minus its mean, momentum, w -= lr v."""
+    ws, bufs = [w.clone() for w in ws], [None] * len(ws)
+    for _ in range(steps):
+        for i, (w, g) in enumerate(zip(ws, grads_fn(ws), strict=True)):
+            d = g + wd * w
+            if d.dim() > 1:
+                d = d - d.reshape(d.shape[0], -1).mean(1).reshape(-1, *[1] * (d.dim() - 1))
+            bufs[i] = d.clone() if bufs[i] is None else momentum * bufs[i] + d
+            ws[i] = w - lr * bufs[i]
+    return ws
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_centralized_sgd_matches_the_papers_sgd_gc(foreach):
+    g = torch.Generator().manual_seed(3)
+    w0 = [
+        torch.randn(4, 2, 3, generator=g, dtype=f64),
+        torch.randn(3, 5, generator=g, dtype=f64),
+        torch.randn(4, dtype=f64),
+    ]
+    x = torch.randn(6, 5, generator=g, dtype=f64)
+
+    def loss(ws):
+        return (x @ ws[1].T).tanh().sum() * ws[0].square().sum() + ws[2].pow(3).sum()
+
+    want = _paper_sgd_gc(w0, _grads_of(loss), 4, lr=0.05, momentum=0.9, wd=0.1)
+    _check_against(
+        want, loss, w0, lambda ps: CentralizedSGD(ps, lr=0.05, momentum=0.9, weight_decay=0.1, foreach=foreach), 4
+    )
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_centralized_sgd_keeps_filter_sums_with_weight_decay_and_leaves_grads(foreach):
+    model = _model(dtype=f64)
+    weights = [model[0].weight, model[4].weight]
+    sums = [w.detach().reshape(w.shape[0], -1).sum(1).clone() for w in weights]
+    opt = CentralizedSGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05, foreach=foreach)
+    x, y = _data(f64)
+    for _ in range(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads, strict=True))
+    for w, s in zip(weights, sums, strict=True):
+        torch.testing.assert_close(w.detach().reshape(w.shape[0], -1).sum(1), s, rtol=0, atol=1e-12)
+    # the wrapper adds the decay after centralizing: the filter sums shrink with it
+    wrapped = _model(dtype=f64)
+    _train(wrapped, GradientCentralization(torch.optim.SGD(wrapped.parameters(), lr=0.1, weight_decay=0.05)), 5, f64)
+    assert (wrapped[4].weight.detach().sum(1) - sums[1]).abs().max() > 1e-4
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[0]["maximize"] is False
+
+
+@pytest.mark.parametrize(
+    "make, wrapped",
+    [
+        (lambda ps: CentralizedSGD(ps, lr=0.1, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+        (lambda ps: CentralizedAdamW(ps, lr=0.01), lambda ps: torch.optim.AdamW(ps, lr=0.01)),
+    ],
+)
+def test_conveniences_equal_the_wrapper_where_the_orders_agree(make, wrapped):
+    a, b = _model(), _model()
+    _train(a, make(a.parameters()))
+    _train(b, GradientCentralization(wrapped(b.parameters())))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=0)
+    # and their state dicts are torch's
+    opt = make(a.parameters())
+    _train(a, opt, steps=1)
+    twin = wrapped(b.parameters())
+    twin.load_state_dict(opt.state_dict())
+
+
+def test_conveniences_refuse_sparse_and_bad_options_without_change():
+    lin, emb = nn.Linear(3, 2), nn.Embedding(5, 3, sparse=True)
+    opt = CentralizedSGD([{"params": lin.parameters()}, {"params": emb.parameters()}], lr=0.1, weight_decay=0.1)
+    before = [p.detach().clone() for p in (*lin.parameters(), emb.weight)]
+    lin(emb(torch.tensor([1, 2]))).sum().backward()
+    with pytest.raises(RuntimeError, match="CentralizedSGD does not support sparse gradients"):
+        opt.step()
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, (*lin.parameters(), emb.weight), strict=True))
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and not opt.state
+    for cls in (CentralizedSGD, CentralizedAdamW):
+        with pytest.raises(InvalidArgumentError, match=f"{cls.__name__}: conv_only must be a bool, got str 'yes'"):
+            cls(lin.parameters(), lr=0.1, conv_only="yes")
+    with pytest.raises(ValueError, match="Invalid learning rate"):  # torch's own checks
+        CentralizedSGD(lin.parameters(), lr=-1.0)

@@ -30,6 +30,7 @@ _MODULES: tuple[str, ...] = (
     "depth_limit",
     "bn_small_batch",
     "gradient_centralization",
+    "large_batch_lars",
 )
 
 PENDING: dict[str, PendingClaim] = {
@@ -55,12 +56,6 @@ PENDING: dict[str, PendingClaim] = {
         ),
         PendingClaim(
             "pca-fails", "Huang et al. 2018 (DBN)", "PCA whitening does not train while ZCA does", "whitening family"
-        ),
-        PendingClaim(
-            "large-batch-lars",
-            "You et al. (LARS/LAMB)",
-            "layer-wise adaptive rates keep accuracy at large batch",
-            "its experiment module (the optimizers, LARS and LAMB, are in normlab.optim)",
         ),
         PendingClaim(
             "ln-sequences", "Ba et al. 2016", "LayerNorm helps recurrent nets", "recurrent models with LayerNorm cells"

@@ -3,7 +3,8 @@
 :class:`LARS` normalizes each layer's step by its trust ratio, :class:`LAMB`
 Adam's step by the layer's norm, :class:`LANS` adds normalized gradients;
 :class:`GradientCentralization` projects each filter's gradient onto zero
-mean and :class:`GradientNormalization` rescales each gradient to unit norm
+mean (:class:`CentralizedSGD` and :class:`CentralizedAdamW`: torch's SGD and
+AdamW with it built in, in the paper's order) and :class:`GradientNormalization` rescales each gradient to unit norm
 before any optimizer's step; :func:`exclude_from_adaptation` builds the
 param groups that keep biases and norm parameters out. The functional core
 (:mod:`normlab.optim.functional`) holds the math, with single-tensor and
@@ -17,12 +18,23 @@ param groups that keep biases and norm parameters out. The functional core
 """
 
 from . import functional
-from .optimizers import LAMB, LANS, LARS, GradientCentralization, GradientNormalization, exclude_from_adaptation
+from .optimizers import (
+    LAMB,
+    LANS,
+    LARS,
+    CentralizedAdamW,
+    CentralizedSGD,
+    GradientCentralization,
+    GradientNormalization,
+    exclude_from_adaptation,
+)
 
 __all__ = [
     "LAMB",
     "LANS",
     "LARS",
+    "CentralizedAdamW",
+    "CentralizedSGD",
     "GradientCentralization",
     "GradientNormalization",
     "exclude_from_adaptation",

@@ -15,7 +15,16 @@ from torch import Tensor, nn
 from ..functional.checks import InvalidArgumentError, check_bool, check_number
 from . import functional as F
 
-__all__ = ["LAMB", "LANS", "LARS", "GradientCentralization", "GradientNormalization", "exclude_from_adaptation"]
+__all__ = [
+    "LAMB",
+    "LANS",
+    "LARS",
+    "CentralizedAdamW",
+    "CentralizedSGD",
+    "GradientCentralization",
+    "GradientNormalization",
+    "exclude_from_adaptation",
+]
 
 
 def _evaluate(closure: Callable[[], float] | None):
@@ -470,6 +479,124 @@ class GradientNormalization(_GradientWrapper):
 
     def _transform(self, grads: list[Tensor], foreach: bool) -> None:
         F.normalize_gradients_(grads, self.scale, foreach=foreach)
+
+
+class _CentralizedStep:
+    """torch's own step on centralized update directions; ``p.grad`` is left as backward wrote it.
+
+    Each group's direction is built in fresh tensors by :meth:`_direction`,
+    swapped in as ``p.grad`` for the parent's ``step`` (its foreach and fused
+    roads, state and ``state_dict`` unchanged) and swapped back afterwards,
+    also when the step raises. ``_overrides`` are group options the
+    direction already applied (set for the parent's step, then restored).
+    """
+
+    conv_only: bool
+    _overrides: dict = {}
+
+    def _direction(self, group: dict, params: list[Tensor], grads: list[Tensor], foreach: bool) -> list[Tensor]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = _evaluate(closure)
+        todo = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            if params:
+                todo.append((group, params))
+        saved: list[tuple[Tensor, Tensor]] = []
+        options: list[tuple[dict, dict]] = []
+        try:
+            for group, params in todo:
+                grads = [p.grad for p in params]
+                foreach = group.get("foreach")
+                foreach = foreach if foreach is not None else _default_foreach(params)
+                direction = self._direction(group, params, grads, foreach)
+                F.centralize_(direction, self.conv_only, foreach=foreach)
+                options.append((group, {k: group[k] for k in self._overrides}))
+                group.update(self._overrides)
+                for p, g, d in zip(params, grads, direction, strict=True):
+                    saved.append((p, g))
+                    p.grad = d
+            super().step()  # type: ignore[misc]
+        finally:
+            for p, g in saved:
+                p.grad = g
+            for group, values in options:
+                group.update(values)
+        return loss
+
+
+class CentralizedSGD(_CentralizedStep, torch.optim.SGD):
+    """torch.optim.SGD with gradient centralization in the paper's order: ``GC(g + wd w)``, then momentum.
+
+    Yong et al.'s SGD_GC adds the (coupled) weight decay to the gradient and
+    centralizes the sum, so the decay term is centralized too, which
+    ``GradientCentralization(torch.optim.SGD(..., weight_decay=wd))`` cannot
+    do (the wrapped optimizer adds the decay after). With ``weight_decay=0``
+    the two are the same. Every argument but ``conv_only`` (centralize
+    convolution weights only, ``ndim > 3``: the paper's SGD_GCC) is
+    torch.optim.SGD's, and so are the state and ``state_dict``. ``p.grad`` is
+    not modified.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> opt = CentralizedSGD(lin.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    >>> before = lin.weight.detach().sum(dim=1).clone()
+    >>> lin(torch.randn(4, 3)).square().sum().backward()
+    >>> opt.step()
+    >>> torch.allclose(lin.weight.detach().sum(dim=1), before, atol=1e-6)  # filter sums stay, decay included
+    True
+    """
+
+    _overrides = {"weight_decay": 0.0, "maximize": False}
+
+    def __init__(self, params, lr: float = 1e-3, *args, conv_only: bool = False, **kwargs) -> None:
+        check_bool(conv_only, "conv_only", "CentralizedSGD")
+        super().__init__(params, lr, *args, **kwargs)
+        self.conv_only = conv_only
+
+    def _direction(self, group, params, grads, foreach):
+        # torch.optim.SGD's order: negate for maximize, then add the decay; GC of the sum, then torch's momentum step
+        d = F._descent(grads, group["maximize"], foreach)
+        wd = group["weight_decay"]
+        if wd != 0:
+            return (
+                list(torch._foreach_add(d, params, alpha=wd))
+                if foreach
+                else [g.add(p, alpha=wd) for g, p in zip(d, params, strict=True)]
+            )
+        return [g.clone() for g in d] if d is grads else d
+
+
+class CentralizedAdamW(_CentralizedStep, torch.optim.AdamW):
+    """torch.optim.AdamW with gradient centralization of the raw gradient (Yong et al.'s AdamW with GC).
+
+    The decay is decoupled (applied to the weights, not the gradient), so
+    centralizing the gradient before the moments is the paper's AdamW order
+    and the same as ``GradientCentralization(torch.optim.AdamW(...))``,
+    except that ``p.grad`` is not modified. Every argument but ``conv_only``
+    is torch.optim.AdamW's.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(3, 2)
+    >>> opt = CentralizedAdamW(lin.parameters(), lr=1e-2)
+    >>> lin(torch.randn(4, 3)).square().sum().backward()
+    >>> opt.step()
+    >>> opt.state[lin.weight]["exp_avg"].sum(dim=1).abs().max() < 1e-6  # Adam's moments see zero-mean filters
+    tensor(True)
+    """
+
+    def __init__(self, params, lr: float = 1e-3, *args, conv_only: bool = False, **kwargs) -> None:
+        check_bool(conv_only, "conv_only", "CentralizedAdamW")
+        super().__init__(params, lr, *args, **kwargs)
+        self.conv_only = conv_only
+
+    def _direction(self, group, params, grads, foreach):
+        return list(torch._foreach_mul(grads, 1.0)) if foreach else [g.clone() for g in grads]
 
 
 def exclude_from_adaptation(model: nn.Module, **group_overrides) -> list[dict]:
