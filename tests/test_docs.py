@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["docs/framework.md", "README.md"]
+PAGES = ["docs/framework.md", "docs/optim.md", "README.md"]
 
 
 def _blocks(page: Path) -> list[str]:
